@@ -1,0 +1,168 @@
+//! Benchmarks shared by `diffugpt bench` and the criterion benches: forward latency at several
+//! canvas sizes and fixed vs EoS-first decoding throughput, on a DiffuGPT-S-shaped model with random
+//! weights generated in memory from a seed (no file needed).
+
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use serde::Serialize;
+
+use crate::config::{ModelConfig, SpecialIdOverrides, SpecialIds};
+use crate::decode::{GenerateParams, LengthMode, Session, Steps, Strategy};
+use crate::error::Result;
+use crate::length::LengthPredictor;
+use crate::model::{AttnMask, Gpt2};
+use crate::sampler::ConfidenceKind;
+
+/// A DiffuGPT-S-shaped model (12 x 768, vocab 50257) with random weights.
+pub fn random_small_model(seed: u64) -> Result<Gpt2> {
+    let cfg = ModelConfig::gpt2_small();
+    let ids = SpecialIds::resolve(
+        cfg.vocab_size,
+        &Default::default(),
+        &SpecialIdOverrides::default(),
+    )?;
+    Gpt2::random(cfg, ids, seed, &Device::Cpu)
+}
+
+/// Mean and sample standard deviation.
+pub fn mean_std(xs: &[f64]) -> (f64, f64) {
+    let n = xs.len() as f64;
+    let m = xs.iter().sum::<f64>() / n;
+    let v = if xs.len() > 1 {
+        xs.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (m, v.sqrt())
+}
+
+/// One forward of `t` positions as the decoder runs it: hidden states for the whole canvas, logits
+/// only for `logit_rows` rows (the masked slots; the decoder never computes the others).
+pub fn forward_once(model: &Gpt2, t: usize, logit_rows: usize) -> Result<()> {
+    let ids: Vec<u32> = (0..t as u32)
+        .map(|i| (i * 7919) % model.cfg.vocab_size as u32)
+        .collect();
+    let input = Tensor::from_slice(&ids, (1, t), model.device())?;
+    let h = model
+        .hidden(&input, &AttnMask::Bidirectional, None)?
+        .squeeze(0)?;
+    let rows = logit_rows.min(t);
+    if rows > 0 {
+        let logits = model.logits(&h.narrow(0, t - rows, rows)?)?;
+        // Force evaluation (the CPU backend is eager; this keeps the result alive until here).
+        let _ = logits.dims();
+    }
+    Ok(())
+}
+
+/// One row of the benchmark table.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchRow {
+    pub test: String,
+    pub mean_ms: f64,
+    pub std_ms: f64,
+    /// tokens/s for decode tests (useful tokens: before the end), positions/s for forwards.
+    pub per_s: f64,
+    pub steps: usize,
+    pub forward_passes: usize,
+}
+
+/// Times `f` `reps` times after one warm-up; returns milliseconds.
+pub fn time_ms(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<f64>> {
+    f()?;
+    let mut out = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let t = Instant::now();
+        f()?;
+        out.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(out)
+}
+
+/// Forward latency at each T (full logits for every row: the worst case).
+pub fn bench_forward(model: &Gpt2, lens: &[usize], reps: usize) -> Result<Vec<BenchRow>> {
+    let mut rows = Vec::new();
+    for &t in lens {
+        let ms = time_ms(reps, || forward_once(model, t, t))?;
+        let (m, s) = mean_std(&ms);
+        rows.push(BenchRow {
+            test: format!("forward-{t}"),
+            mean_ms: m,
+            std_ms: s,
+            per_s: t as f64 / (m / 1e3),
+            steps: 1,
+            forward_passes: 1,
+        });
+    }
+    Ok(rows)
+}
+
+/// Decoding params used by the decode benchmark.
+pub fn decode_params(canvas: usize, steps: usize, eos_first: bool) -> GenerateParams {
+    GenerateParams {
+        canvas_len: canvas,
+        steps: Steps::Fixed(steps),
+        strategy: Strategy::Confidence(ConfidenceKind::Prob),
+        length: if eos_first {
+            LengthMode::EosFirst {
+                predictor: LengthPredictor::Quantile(0.9),
+                margin: 8,
+                margin_ratio: 0.25,
+                grow: false,
+            }
+        } else {
+            LengthMode::Fixed
+        },
+        ..Default::default()
+    }
+}
+
+/// Fixed vs EoS-first decoding with a prompt of `prompt_len` tokens; tokens/s counts useful tokens
+/// (the answer before its end).
+///
+/// Random weights predict no end, so the EoS-first row uses the oracle predictor with the answer
+/// length of the workload: every other part of the EoS-first path (the full-canvas first step, the
+/// cut, the scaled steps) runs as in real decoding.
+pub fn bench_decode(
+    model: &Gpt2,
+    prompt_len: usize,
+    canvas: usize,
+    steps: usize,
+    answer_len: usize,
+    reps: usize,
+) -> Result<Vec<BenchRow>> {
+    let prompt: Vec<u32> = (0..prompt_len as u32).map(|i| 100 + i).collect();
+    let mut rows = Vec::new();
+    for eos_first in [false, true] {
+        let mut p = decode_params(canvas, steps, eos_first);
+        if eos_first {
+            p.length = LengthMode::EosFirst {
+                predictor: LengthPredictor::Oracle(answer_len),
+                margin: 8,
+                margin_ratio: 0.25,
+                grow: false,
+            };
+        }
+        let mut last = None;
+        let ms = time_ms(reps, || {
+            last = Some(Session::new(model).generate(&prompt, &p, None)?.stats);
+            Ok(())
+        })?;
+        let st = last.expect("at least one run");
+        let (m, s) = mean_std(&ms);
+        rows.push(BenchRow {
+            test: if eos_first {
+                format!("eosfirst-{canvas}-ans{answer_len}")
+            } else {
+                format!("fixed-{canvas}")
+            },
+            mean_ms: m,
+            std_ms: s,
+            per_s: answer_len.min(canvas) as f64 / (m / 1e3),
+            steps: st.steps,
+            forward_passes: st.forward_passes,
+        });
+    }
+    Ok(rows)
+}

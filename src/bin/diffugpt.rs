@@ -1,0 +1,471 @@
+//! `diffugpt`: generate, inspect, dump logits and benchmark from the command line.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use diffugpt::bench;
+use diffugpt::config::{ModelConfig, SpecialIdOverrides, SpecialIds};
+use diffugpt::weights::{self, Layout, SaveDtype};
+use diffugpt::{
+    AttnMask, GenerateParams, Gpt2, LengthMode, LengthPredictor, LoadOptions, Model,
+    SamplingParams, StepInfo, Steps, Strategy,
+};
+
+/// The built-in default: a committed tiny fixture model with random weights.
+const DEFAULT_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-diffugpt");
+
+#[derive(Parser)]
+#[command(
+    name = "diffugpt",
+    version,
+    about = "DiffuGPT with EoS-first variable-length decoding"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Generate text (diffusion, or causal with --arm).
+    Generate(GenerateArgs),
+    /// One forward pass; writes the raw logits [T, vocab] (row i from hidden state i) as .npy.
+    Logits(LogitsArgs),
+    /// Print layout, config, special ids, dtypes and parameter count.
+    Inspect(ModelArgs),
+    /// Forward latency and fixed vs EoS-first decoding throughput on a DiffuGPT-S-shaped model
+    /// with random weights.
+    Bench(BenchArgs),
+    /// Write a model with random weights (for tests and fixtures).
+    InitRandom(InitArgs),
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// model.safetensors or a directory with it (+ config.json, tokenizer.json).
+    /// Default: the built-in tiny fixture model (random weights; its text is not meaningful).
+    #[arg(long, short)]
+    model: Option<PathBuf>,
+    /// tokenizer.json (default: next to the weights)
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Override the eos id
+    #[arg(long)]
+    eos_id: Option<u32>,
+    /// Override the mask id
+    #[arg(long)]
+    mask_id: Option<u32>,
+    /// Set the pad id (an extra end id)
+    #[arg(long)]
+    pad_id: Option<u32>,
+    /// Reject weights holding NaN or Inf
+    #[arg(long)]
+    check_finite: bool,
+}
+
+impl ModelArgs {
+    fn load(&self) -> Result<Model> {
+        let path = match &self.model {
+            Some(p) => p.clone(),
+            None => {
+                eprintln!(
+                    "note: using the built-in tiny fixture model ({DEFAULT_MODEL}); it has random weights, so its text is not meaningful. Pass --model DIR for a real checkpoint."
+                );
+                PathBuf::from(DEFAULT_MODEL)
+            }
+        };
+        let opts = LoadOptions {
+            special_ids: SpecialIdOverrides {
+                eos: self.eos_id,
+                mask: self.mask_id,
+                pad: self.pad_id.map(Some),
+            },
+            check_finite: self.check_finite,
+            tokenizer: self.tokenizer.clone(),
+            ..Default::default()
+        };
+        Model::load(&path, opts).with_context(|| format!("loading {}", path.display()))
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LengthArg {
+    Fixed,
+    EosFirst,
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The prompt
+    #[arg(long, short, default_value = "The meaning of life is")]
+    prompt: String,
+    /// Canvas length: masked slots after the prompt (the longest answer)
+    #[arg(long, default_value_t = 64)]
+    canvas: usize,
+    /// Denoising steps for the full canvas (default: one per canvas token)
+    #[arg(long, conflicts_with = "steps_per_token")]
+    steps: Option<usize>,
+    /// Steps per canvas token
+    #[arg(long)]
+    steps_per_token: Option<f32>,
+    /// Unmasking strategy: random (DiffuGPT's random keep), confidence, margin, entropy
+    #[arg(long, default_value = "confidence")]
+    strategy: String,
+    /// 0 = greedy
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// fixed (DiffuGPT) or eos-first (cut the canvas after step 1)
+    #[arg(long, value_enum, default_value = "eos-first")]
+    length: LengthArg,
+    /// Length predictor: argmax, threshold:TAU, quantile:Q, oracle:N
+    #[arg(long, default_value = "quantile:0.9")]
+    predictor: String,
+    /// Safety margin (slots) kept after the predicted end
+    #[arg(long, default_value_t = 8)]
+    margin: usize,
+    /// Safety margin as a share of the predicted length (the larger margin wins)
+    #[arg(long, default_value_t = 0.25)]
+    margin_ratio: f32,
+    /// Do not grow the canvas back when the answer is longer than predicted
+    #[arg(long)]
+    no_grow: bool,
+    /// Allow the mask id to be generated (DiffuGPT-S's mask is a real token)
+    #[arg(long)]
+    allow_mask: bool,
+    /// Causal (ARM) generation with a KV cache instead of diffusion
+    #[arg(long)]
+    arm: bool,
+    /// ARM: maximum new tokens (default: --canvas)
+    #[arg(long)]
+    max_new_tokens: Option<usize>,
+    /// Show the canvas denoising on stderr
+    #[arg(long)]
+    stream: bool,
+    /// Print the text and the statistics as JSON on stdout
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ModeArg {
+    Diffusion,
+    Causal,
+}
+
+#[derive(Args)]
+struct LogitsArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Comma-separated token ids, e.g. 50256,464,3290
+    #[arg(long, value_delimiter = ',', required = true)]
+    ids: Vec<u32>,
+    #[arg(long, value_enum, default_value = "diffusion")]
+    mode: ModeArg,
+    /// Output .npy file (f32 [T, vocab])
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Md,
+    Json,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Canvas sizes (positions) for the forward benchmark
+    #[arg(long, value_delimiter = ',', default_value = "64,256,1024")]
+    forward_lens: Vec<usize>,
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Decoding benchmark canvas (0 skips it)
+    #[arg(long, default_value_t = 512)]
+    canvas: usize,
+    #[arg(long, default_value_t = 64)]
+    steps: usize,
+    #[arg(long, default_value_t = 32)]
+    prompt_len: usize,
+    /// Answer length of the EoS-first workload
+    #[arg(long, default_value_t = 32)]
+    answer_len: usize,
+    #[arg(long, value_enum, default_value = "md")]
+    format: Format,
+    /// Seed of the random weights
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Benchmark this checkpoint instead of a random DiffuGPT-S-shaped model
+    #[arg(long)]
+    model: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct InitArgs {
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 2)]
+    n_layer: usize,
+    #[arg(long, default_value_t = 2)]
+    n_head: usize,
+    #[arg(long, default_value_t = 32)]
+    n_embd: usize,
+    #[arg(long, default_value_t = 256)]
+    n_positions: usize,
+    #[arg(long, default_value_t = 50257)]
+    vocab: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Copy this tokenizer.json next to the weights
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Generate(a) => generate(a),
+        Cmd::Logits(a) => logits(a),
+        Cmd::Inspect(a) => inspect(a),
+        Cmd::Bench(a) => bench_cmd(a),
+        Cmd::InitRandom(a) => init_random(a),
+    }
+}
+
+fn generate(a: GenerateArgs) -> Result<()> {
+    let model = a.model.load()?;
+    let tok = model.tokenizer()?;
+    let prompt = tok.encode(&a.prompt)?;
+    let sampling = SamplingParams {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        repetition_penalty: a.repetition_penalty,
+    };
+    let mut stream = |info: &StepInfo| {
+        let text = tok
+            .decode(
+                &info
+                    .canvas
+                    .iter()
+                    .map(|&t| if t == model.gpt.ids.mask { 1427 } else { t }) // "_" for masks
+                    .collect::<Vec<_>>(),
+                false,
+            )
+            .unwrap_or_default();
+        eprintln!(
+            "[step {}/{}] {}",
+            info.step,
+            info.total_steps,
+            text.replace('\n', " ")
+        );
+        true
+    };
+    let cb: Option<&mut dyn FnMut(&StepInfo) -> bool> =
+        if a.stream { Some(&mut stream) } else { None };
+    let mut session = model.session();
+    let g = if a.arm {
+        session.generate_causal(
+            &prompt,
+            a.max_new_tokens.unwrap_or(a.canvas),
+            sampling,
+            a.seed,
+            cb,
+        )?
+    } else {
+        let params = GenerateParams {
+            canvas_len: a.canvas,
+            steps: match (a.steps, a.steps_per_token) {
+                (Some(n), _) => Steps::Fixed(n),
+                (None, Some(r)) => Steps::PerToken(r),
+                (None, None) => Steps::PerToken(1.0),
+            },
+            strategy: Strategy::parse(&a.strategy)?,
+            sampling,
+            length: match a.length {
+                LengthArg::Fixed => LengthMode::Fixed,
+                LengthArg::EosFirst => LengthMode::EosFirst {
+                    predictor: LengthPredictor::parse(&a.predictor)?,
+                    margin: a.margin,
+                    margin_ratio: a.margin_ratio,
+                    grow: !a.no_grow,
+                },
+            },
+            seed: a.seed,
+            ban_mask: !a.allow_mask,
+        };
+        session.generate(&prompt, &params, cb)?
+    };
+    let text = tok.decode(&g.tokens, true)?;
+    if a.json {
+        let out = serde_json::json!({
+            "prompt": a.prompt,
+            "text": text,
+            "tokens": g.tokens,
+            "stats": g.stats,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        println!("{}{}", a.prompt, text);
+        let s = &g.stats;
+        eprintln!(
+            "predicted_len={} final_len={} canvas={}->{} steps={} forward_passes={} positions={} grow_events={} elapsed={:.3}s",
+            s.predicted_len.map_or("-".to_string(), |p| p.to_string()),
+            s.final_len,
+            s.canvas_len,
+            s.final_canvas_len,
+            s.steps,
+            s.forward_passes,
+            s.positions_processed(),
+            s.grow_events,
+            s.elapsed_s
+        );
+    }
+    Ok(())
+}
+
+fn logits(a: LogitsArgs) -> Result<()> {
+    let model = a.model.load()?;
+    let mask = match a.mode {
+        ModeArg::Diffusion => AttnMask::Bidirectional,
+        ModeArg::Causal => AttnMask::Causal,
+    };
+    let l = model.gpt.forward_logits(&a.ids, &mask)?;
+    l.write_npy(&a.out)
+        .with_context(|| format!("writing {}", a.out.display()))?;
+    eprintln!("wrote {:?} f32 logits to {}", l.dims(), a.out.display());
+    Ok(())
+}
+
+fn inspect(a: ModelArgs) -> Result<()> {
+    let m = a.load()?;
+    let c = &m.gpt.cfg;
+    let ids = &m.gpt.ids;
+    let out = serde_json::json!({
+        "layout": m.info.layout.name(),
+        "config_source": if m.info.config_from_file { "config.json" } else { "inferred from tensor shapes" },
+        "n_layer": c.n_layer, "n_head": c.n_head, "n_embd": c.n_embd, "n_inner": c.n_inner,
+        "n_positions": c.n_positions, "vocab_size": c.vocab_size,
+        "layer_norm_epsilon": c.layer_norm_eps, "activation": c.activation.hf_name(),
+        "lm_head": if m.info.untied_head { "untied" } else { "tied to the token embedding" },
+        "eos_id": ids.eos, "mask_id": ids.mask, "pad_id": ids.pad,
+        "file_dtypes": m.info.file_dtypes.iter().map(|(d, n)| format!("{d} x{n}")).collect::<Vec<_>>(),
+        "compute_dtype": "f32", "device": "cpu",
+        "parameters": m.gpt.param_count(),
+        "tokenizer_vocab": m.tokenizer.as_ref().map(|t| t.vocab_size()),
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+fn bench_cmd(a: BenchArgs) -> Result<()> {
+    if a.reps == 0 {
+        bail!("--reps must be positive");
+    }
+    let (model, name) = match &a.model {
+        Some(p) => (
+            Model::load(p, LoadOptions::default())?.gpt,
+            p.display().to_string(),
+        ),
+        None => (
+            bench::random_small_model(a.seed)?,
+            "diffugpt-s-shaped (random)".to_string(),
+        ),
+    };
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut rows = bench::bench_forward(&model, &a.forward_lens, a.reps)?;
+    if a.canvas > 0 {
+        rows.extend(bench::bench_decode(
+            &model,
+            a.prompt_len,
+            a.canvas,
+            a.steps,
+            a.answer_len,
+            a.reps,
+        )?);
+    }
+    match a.format {
+        Format::Json => {
+            let forward: serde_json::Map<String, serde_json::Value> = rows
+                .iter()
+                .filter_map(|r| {
+                    Some((
+                        r.test.strip_prefix("forward-")?.to_string(),
+                        r.mean_ms.into(),
+                    ))
+                })
+                .collect();
+            let out = serde_json::json!({
+                "model": name, "params": model.param_count(), "backend": "cpu", "threads": threads,
+                "forward_ms": forward, "rows": rows,
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        Format::Md => {
+            let mut o = std::io::stdout().lock();
+            writeln!(
+                o,
+                "| model | params | backend | threads | test | steps | fwd passes | ms | t/s |"
+            )?;
+            writeln!(
+                o,
+                "| --- | ---: | --- | ---: | --- | ---: | ---: | ---: | ---: |"
+            )?;
+            for r in rows {
+                writeln!(
+                    o,
+                    "| {name} | {:.1} M | cpu | {threads} | {} | {} | {} | {:.2} ± {:.2} | {:.1} |",
+                    model.param_count() as f64 / 1e6,
+                    r.test,
+                    r.steps,
+                    r.forward_passes,
+                    r.mean_ms,
+                    r.std_ms,
+                    r.per_s
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn init_random(a: InitArgs) -> Result<()> {
+    let cfg = ModelConfig {
+        n_layer: a.n_layer,
+        n_head: a.n_head,
+        n_embd: a.n_embd,
+        n_inner: 4 * a.n_embd,
+        n_positions: a.n_positions,
+        vocab_size: a.vocab,
+        ..ModelConfig::gpt2_small()
+    };
+    let ids = SpecialIds::resolve(a.vocab, &Default::default(), &Default::default())?;
+    let m = Gpt2::random(cfg, ids, a.seed, &candle_core::Device::Cpu)?;
+    write_model(&m, &a.out, a.tokenizer.as_deref())
+}
+
+fn write_model(m: &Gpt2, out: &Path, tokenizer: Option<&Path>) -> Result<()> {
+    weights::save(m, out, Layout::DiffuGpt, SaveDtype::F16)?;
+    if let Some(t) = tokenizer {
+        std::fs::copy(t, out.join("tokenizer.json"))?;
+    }
+    eprintln!("wrote {} ({} parameters)", out.display(), m.param_count());
+    Ok(())
+}

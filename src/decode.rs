@@ -1,0 +1,515 @@
+//! Diffusion decoding on a conditional canvas `[eos as BOS] + prompt + [MASK] x canvas_len`, with
+//! fixed-length (DiffuGPT's behaviour) or EoS-first variable-length canvases, and causal (ARM)
+//! generation for GPT-2 weights.
+//!
+//! DiffuGPT keeps GPT-2's shift: the token for canvas position p is read from the logits of row
+//! p - 1. The BOS guarantees that the first answer slot has a row to read from even with an empty
+//! prompt. The prompt is never changed.
+//!
+//! EoS-first: the first forward runs on the full canvas; the end probability of every masked slot
+//! gives a predicted length; the canvas is cut to that length plus a margin and the remaining steps
+//! are scaled to the new length. If the answer turns out longer (the last slot is filled with a
+//! non-end token and no end was produced), the canvas grows again, up to the original length.
+
+use std::time::Instant;
+
+use candle_core::Tensor;
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::length::{cut_length, LengthPredictor};
+use crate::model::{AttnMask, Gpt2, KvCache};
+use crate::rng::Rng;
+use crate::sampler::{argmax, ConfidenceKind, RowChoice, Sampler, SamplingParams};
+
+/// Which masked slots are revealed at a step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Strategy {
+    /// DiffuGPT: at step t (counting down to 0) each masked slot is revealed with probability
+    /// 1/(t+1); everything left is revealed at the last step.
+    RandomKeep,
+    /// Reveal the ceil(masked / steps left) slots the model is surest about.
+    Confidence(ConfidenceKind),
+}
+
+impl Strategy {
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "random" | "random-keep" => Strategy::RandomKeep,
+            "topk" | "confidence" | "prob" => Strategy::Confidence(ConfidenceKind::Prob),
+            "margin" => Strategy::Confidence(ConfidenceKind::Margin),
+            "entropy" => Strategy::Confidence(ConfidenceKind::NegEntropy),
+            _ => {
+                return Err(Error::Param(format!(
+                    "unknown strategy `{s}` (random, confidence, margin, entropy)"
+                )))
+            }
+        })
+    }
+}
+
+/// How many denoising steps.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Steps {
+    /// A fixed number for the full canvas (scaled down when EoS-first cuts the canvas).
+    Fixed(usize),
+    /// Steps per canvas token (e.g. 1.0: one token per step on average).
+    PerToken(f32),
+}
+
+/// Canvas length policy.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum LengthMode {
+    /// Always denoise the whole canvas (DiffuGPT).
+    Fixed,
+    /// Predict the end at step 1 and cut the canvas.
+    EosFirst {
+        predictor: LengthPredictor,
+        /// Extra slots kept after the predicted end.
+        margin: usize,
+        /// Extra slots as a share of the predicted length (the larger of the two margins wins).
+        margin_ratio: f32,
+        /// Grow the canvas again when the answer turns out longer.
+        grow: bool,
+    },
+}
+
+/// Everything that controls one diffusion generation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GenerateParams {
+    /// Masked slots after the prompt (the longest answer).
+    pub canvas_len: usize,
+    pub steps: Steps,
+    pub strategy: Strategy,
+    pub sampling: SamplingParams,
+    pub length: LengthMode,
+    pub seed: u64,
+    /// Never produce the mask id (DiffuGPT-S's mask is a real token, "------------").
+    pub ban_mask: bool,
+}
+
+impl Default for GenerateParams {
+    fn default() -> Self {
+        GenerateParams {
+            canvas_len: 64,
+            steps: Steps::PerToken(1.0),
+            strategy: Strategy::Confidence(ConfidenceKind::Prob),
+            sampling: SamplingParams::default(),
+            length: LengthMode::EosFirst {
+                predictor: LengthPredictor::Quantile(0.9),
+                margin: 8,
+                margin_ratio: 0.25,
+                grow: true,
+            },
+            seed: 0,
+            ban_mask: true,
+        }
+    }
+}
+
+impl GenerateParams {
+    pub fn validate(&self, model: &Gpt2, prompt_len: usize) -> Result<()> {
+        self.sampling.validate()?;
+        if self.canvas_len == 0 {
+            return Err(Error::Param("canvas_len must be positive".into()));
+        }
+        let total = 1 + prompt_len + self.canvas_len;
+        if total > model.cfg.n_positions {
+            return Err(Error::Param(format!(
+                "BOS + {prompt_len} prompt tokens + canvas {} = {total} positions exceed the model's {} positions",
+                self.canvas_len, model.cfg.n_positions
+            )));
+        }
+        match self.steps {
+            Steps::Fixed(0) => return Err(Error::Param("steps must be positive".into())),
+            Steps::PerToken(r) if !(r.is_finite() && r > 0.0 && r <= 64.0) => {
+                return Err(Error::Param(format!(
+                    "steps per token must be in (0, 64], got {r}"
+                )))
+            }
+            Steps::Fixed(n) if n > 1_000_000 => {
+                return Err(Error::Param(format!("steps {n} is absurd")))
+            }
+            _ => {}
+        }
+        if let LengthMode::EosFirst {
+            predictor,
+            margin_ratio,
+            ..
+        } = self.length
+        {
+            predictor.validate()?;
+            if !(margin_ratio.is_finite() && margin_ratio >= 0.0) {
+                return Err(Error::Param(format!(
+                    "margin ratio must be >= 0, got {margin_ratio}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn total_steps(&self) -> usize {
+        match self.steps {
+            Steps::Fixed(n) => n,
+            Steps::PerToken(r) => ((self.canvas_len as f32 * r).ceil() as usize).max(1),
+        }
+    }
+}
+
+/// What the per-step callback sees.
+#[derive(Debug)]
+pub struct StepInfo<'a> {
+    /// 1-based step just finished.
+    pub step: usize,
+    /// Current estimate of the total (changes when the canvas is cut or grown).
+    pub total_steps: usize,
+    /// The canvas (answer slots only); masked slots hold the mask id.
+    pub canvas: &'a [u32],
+    pub masked: usize,
+}
+
+/// Statistics of one generation.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct GenerationStats {
+    /// EoS-first: answer length predicted at step 1 (`None`: fixed mode, or no end predicted).
+    pub predicted_len: Option<usize>,
+    /// Tokens before the first end id in the final canvas.
+    pub final_len: usize,
+    /// Canvas length requested.
+    pub canvas_len: usize,
+    /// Canvas length at the end (after cuts and growth).
+    pub final_canvas_len: usize,
+    pub steps: usize,
+    pub forward_passes: usize,
+    /// Positions (BOS + prompt + canvas) fed to each forward pass.
+    pub forward_sizes: Vec<usize>,
+    /// Times the canvas grew back.
+    pub grow_events: usize,
+    /// Stopped by the callback.
+    pub cancelled: bool,
+    pub elapsed_s: f64,
+}
+
+impl GenerationStats {
+    /// Sum of positions over all forward passes (the work done).
+    pub fn positions_processed(&self) -> usize {
+        self.forward_sizes.iter().sum()
+    }
+}
+
+/// The result of a generation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Generation {
+    /// The answer: canvas tokens before the first end id.
+    pub tokens: Vec<u32>,
+    /// The whole final canvas.
+    pub canvas: Vec<u32>,
+    pub stats: GenerationStats,
+}
+
+/// Rows of logits are produced in chunks of this many, so a 1024-slot canvas never holds
+/// 1024 x 50257 floats at once.
+const LOGIT_CHUNK: usize = 32;
+
+/// Per-request decoding state: reusable scratch, so repeated generations on one session allocate
+/// little. A session belongs to one thread at a time; the model may be shared.
+pub struct Session<'m> {
+    model: &'m Gpt2,
+}
+
+impl<'m> Session<'m> {
+    pub fn new(model: &'m Gpt2) -> Self {
+        Session { model }
+    }
+
+    pub fn model(&self) -> &Gpt2 {
+        self.model
+    }
+
+    /// Diffusion generation. `on_step` returns false to stop early (the partial canvas is
+    /// returned with `stats.cancelled`).
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        params: &GenerateParams,
+        mut on_step: Option<&mut dyn FnMut(&StepInfo) -> bool>,
+    ) -> Result<Generation> {
+        let model = self.model;
+        let start = Instant::now();
+        params.validate(model, prompt.len())?;
+        let ids = model.ids;
+        let mut prefix = Vec::with_capacity(1 + prompt.len());
+        prefix.push(ids.eos);
+        prefix.extend_from_slice(prompt);
+        model.check_ids(&prefix, 0)?;
+        let p_len = prefix.len();
+        let max_len = params.canvas_len;
+        let total_steps = params.total_steps();
+
+        let mut end_ids = vec![ids.eos];
+        end_ids.extend(ids.pad);
+        let banned = if params.ban_mask {
+            vec![ids.mask]
+        } else {
+            vec![]
+        };
+        let mut sampler = Sampler::new(
+            params.sampling,
+            match params.strategy {
+                Strategy::Confidence(k) => k,
+                Strategy::RandomKeep => ConfidenceKind::Prob,
+            },
+            model.cfg.vocab_size,
+            end_ids,
+            banned,
+        );
+        sampler.mark_seen(prompt);
+        let mut rng = Rng::new(params.seed);
+        let mut canvas = vec![ids.mask; max_len];
+        let mut stats = GenerationStats {
+            canvas_len: max_len,
+            ..Default::default()
+        };
+        // Steps left including the current one.
+        let mut remaining = total_steps;
+        let mut step = 0;
+        let mut seq = prefix.clone();
+
+        while canvas.contains(&ids.mask) {
+            step += 1;
+            seq.truncate(p_len);
+            seq.extend_from_slice(&canvas);
+            let input = Tensor::from_slice(&seq, (1, seq.len()), model.device())?;
+            let hidden = model
+                .hidden(&input, &AttnMask::Bidirectional, None)?
+                .squeeze(0)?;
+            stats.forward_passes += 1;
+            stats.forward_sizes.push(seq.len());
+
+            if step == 1 {
+                if let LengthMode::EosFirst {
+                    predictor,
+                    margin,
+                    margin_ratio,
+                    ..
+                } = params.length
+                {
+                    let slots: Vec<usize> = (0..canvas.len()).collect();
+                    let mut p_end = vec![0.0f32; slots.len()];
+                    let mut is_end = vec![false; slots.len()];
+                    for_each_row(model, &hidden, p_len, &slots, |k, row| {
+                        p_end[k] = sampler.end_prob(row);
+                        is_end[k] = ids.is_end(argmax(row).0 as u32);
+                    })?;
+                    let pred = predictor.predict(&p_end, &is_end);
+                    stats.predicted_len = pred;
+                    let cut = cut_length(pred, margin, margin_ratio, max_len);
+                    if cut < canvas.len() {
+                        canvas.truncate(cut);
+                        remaining = scaled_steps(total_steps, cut, max_len);
+                    }
+                }
+            }
+
+            let masked: Vec<usize> = (0..canvas.len())
+                .filter(|&j| canvas[j] == ids.mask)
+                .collect();
+            let reveal: Vec<(usize, RowChoice)> = match params.strategy {
+                Strategy::RandomKeep => {
+                    let p = 1.0 / remaining as f64;
+                    let chosen: Vec<usize> = masked
+                        .iter()
+                        .copied()
+                        .filter(|_| remaining <= 1 || rng.next_f64() < p)
+                        .collect();
+                    choose_rows(model, &hidden, p_len, &chosen, &mut sampler, &mut rng)?
+                }
+                Strategy::Confidence(_) => {
+                    let mut all =
+                        choose_rows(model, &hidden, p_len, &masked, &mut sampler, &mut rng)?;
+                    let n = masked.len().div_ceil(remaining.max(1));
+                    // Stable: ties keep canvas order, so greedy decoding is deterministic.
+                    all.sort_by(|a, b| {
+                        b.1.confidence
+                            .total_cmp(&a.1.confidence)
+                            .then(a.0.cmp(&b.0))
+                    });
+                    all.truncate(n);
+                    all
+                }
+            };
+            for (j, c) in &reveal {
+                canvas[*j] = c.token;
+            }
+            let revealed: Vec<u32> = reveal.iter().map(|(_, c)| c.token).collect();
+            sampler.mark_seen(&revealed);
+            remaining = remaining.saturating_sub(1).max(1);
+
+            if let LengthMode::EosFirst { grow: true, .. } = params.length {
+                let last = *canvas.last().expect("canvas is never empty");
+                let has_end = canvas.iter().any(|&t| ids.is_end(t));
+                if canvas.len() < max_len && last != ids.mask && !ids.is_end(last) && !has_end {
+                    let add = (canvas.len() / 2).max(16).min(max_len - canvas.len());
+                    canvas.extend(std::iter::repeat_n(ids.mask, add));
+                    remaining += scaled_steps(total_steps, add, max_len);
+                    stats.grow_events += 1;
+                }
+            }
+            stats.steps = step;
+            if let Some(cb) = on_step.as_mut() {
+                let info = StepInfo {
+                    step,
+                    total_steps: step + remaining,
+                    canvas: &canvas,
+                    masked: canvas.iter().filter(|&&t| t == ids.mask).count(),
+                };
+                if !cb(&info) {
+                    stats.cancelled = true;
+                    break;
+                }
+            }
+        }
+        let end = canvas
+            .iter()
+            .position(|&t| ids.is_end(t) || t == ids.mask)
+            .unwrap_or(canvas.len());
+        stats.final_len = end;
+        stats.final_canvas_len = canvas.len();
+        stats.elapsed_s = start.elapsed().as_secs_f64();
+        Ok(Generation {
+            tokens: canvas[..end].to_vec(),
+            canvas,
+            stats,
+        })
+    }
+
+    /// Causal (ARM) generation with a KV cache: GPT-2 behaviour, for GPT-2 weights or ARM-trained
+    /// checkpoints. Stops at an end id or after `max_new_tokens`.
+    pub fn generate_causal(
+        &mut self,
+        prompt: &[u32],
+        max_new_tokens: usize,
+        sampling: SamplingParams,
+        seed: u64,
+        mut on_step: Option<&mut dyn FnMut(&StepInfo) -> bool>,
+    ) -> Result<Generation> {
+        let model = self.model;
+        let start = Instant::now();
+        sampling.validate()?;
+        if max_new_tokens == 0 {
+            return Err(Error::Param("max_new_tokens must be positive".into()));
+        }
+        let ids = model.ids;
+        let mut prefix = vec![ids.eos];
+        prefix.extend_from_slice(prompt);
+        model.check_ids(&prefix, 0)?;
+        if prefix.len() + max_new_tokens > model.cfg.n_positions {
+            return Err(Error::Param(format!(
+                "BOS + {} prompt tokens + {max_new_tokens} new tokens exceed the model's {} positions",
+                prompt.len(),
+                model.cfg.n_positions
+            )));
+        }
+        let mut end_ids = vec![ids.eos];
+        end_ids.extend(ids.pad);
+        let mut sampler = Sampler::new(
+            sampling,
+            ConfidenceKind::Prob,
+            model.cfg.vocab_size,
+            end_ids,
+            vec![ids.mask],
+        );
+        sampler.mark_seen(prompt);
+        let mut rng = Rng::new(seed);
+        let mut cache = KvCache::new(model.cfg.n_layer);
+        let mut out = Vec::new();
+        let mut stats = GenerationStats {
+            canvas_len: max_new_tokens,
+            ..Default::default()
+        };
+        let mut next: Vec<u32> = prefix;
+        loop {
+            let input = Tensor::from_slice(&next, (1, next.len()), model.device())?;
+            let h = model
+                .hidden(&input, &AttnMask::Causal, Some(&mut cache))?
+                .squeeze(0)?;
+            stats.forward_passes += 1;
+            stats.forward_sizes.push(next.len());
+            let last = h.narrow(0, next.len() - 1, 1)?;
+            let mut row = model.logits(&last)?.flatten_all()?.to_vec1::<f32>()?;
+            let c = sampler.choose(&mut row, &mut rng);
+            stats.steps += 1;
+            if ids.is_end(c.token) {
+                break;
+            }
+            out.push(c.token);
+            sampler.mark_seen(&[c.token]);
+            if let Some(cb) = on_step.as_mut() {
+                let info = StepInfo {
+                    step: stats.steps,
+                    total_steps: max_new_tokens,
+                    canvas: &out,
+                    masked: 0,
+                };
+                if !cb(&info) {
+                    stats.cancelled = true;
+                    break;
+                }
+            }
+            if out.len() >= max_new_tokens {
+                break;
+            }
+            next = vec![c.token];
+        }
+        stats.final_len = out.len();
+        stats.final_canvas_len = out.len();
+        stats.elapsed_s = start.elapsed().as_secs_f64();
+        Ok(Generation {
+            tokens: out.clone(),
+            canvas: out,
+            stats,
+        })
+    }
+}
+
+/// Steps for a canvas of `len` slots when `total` steps were planned for `max_len`.
+fn scaled_steps(total: usize, len: usize, max_len: usize) -> usize {
+    (total * len).div_ceil(max_len).max(1)
+}
+
+/// Calls `f(k, logits_row)` for each canvas slot `slots[k]`, reading row `p_len - 1 + slot` (the
+/// DiffuGPT shift), computing the LM head in chunks.
+fn for_each_row(
+    model: &Gpt2,
+    hidden: &Tensor,
+    p_len: usize,
+    slots: &[usize],
+    mut f: impl FnMut(usize, &mut [f32]),
+) -> Result<()> {
+    let v = model.cfg.vocab_size;
+    for (c, chunk) in slots.chunks(LOGIT_CHUNK).enumerate() {
+        let rows: Vec<u32> = chunk.iter().map(|&j| (p_len - 1 + j) as u32).collect();
+        let idx = Tensor::from_vec(rows, chunk.len(), hidden.device())?;
+        let h = hidden.index_select(&idx, 0)?;
+        let mut logits = model.logits(&h)?.flatten_all()?.to_vec1::<f32>()?;
+        for (k, row) in logits.chunks_exact_mut(v).enumerate() {
+            f(c * LOGIT_CHUNK + k, row);
+        }
+    }
+    Ok(())
+}
+
+fn choose_rows(
+    model: &Gpt2,
+    hidden: &Tensor,
+    p_len: usize,
+    slots: &[usize],
+    sampler: &mut Sampler,
+    rng: &mut Rng,
+) -> Result<Vec<(usize, RowChoice)>> {
+    let mut out = Vec::with_capacity(slots.len());
+    for_each_row(model, hidden, p_len, slots, |k, row| {
+        out.push((slots[k], sampler.choose(row, rng)));
+    })?;
+    Ok(out)
+}

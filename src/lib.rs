@@ -1,0 +1,41 @@
+//! # diffugpt
+//!
+//! Runs DiffuGPT — GPT-2 adapted into a masked discrete-diffusion language model — with EoS-first
+//! variable-length decoding: the first denoising step predicts where the answer ends, the canvas is
+//! cut there, and the remaining steps run on the short canvas.
+//!
+//! ```no_run
+//! use diffugpt::{Model, GenerateParams};
+//! let model = Model::load("path/to/diffugpt-s".as_ref(), Default::default())?;
+//! let out = model.generate_text("The capital of France is", &GenerateParams::default())?;
+//! println!("{} ({} tokens)", out.text, out.generation.stats.final_len);
+//! # Ok::<(), diffugpt::Error>(())
+//! ```
+
+pub mod bench;
+pub mod config;
+pub mod decode;
+pub mod error;
+pub mod length;
+pub mod model;
+pub mod rng;
+pub mod sampler;
+pub mod tokenizer;
+pub mod weights;
+
+mod facade;
+
+pub use config::{ModelConfig, SpecialIdOverrides, SpecialIds};
+pub use decode::{
+    GenerateParams, Generation, GenerationStats, LengthMode, Session, StepInfo, Steps, Strategy,
+};
+pub use error::{Error, Result};
+pub use facade::{Model, TextGeneration};
+pub use length::LengthPredictor;
+pub use model::{AttnMask, Gpt2};
+pub use sampler::{ConfidenceKind, SamplingParams};
+pub use tokenizer::Tokenizer;
+pub use weights::{Layout, LoadOptions};
+
+/// The crate version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

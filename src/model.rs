@@ -1,0 +1,426 @@
+//! GPT-2 as used by DiffuGPT (Gong et al. 2024, "Scaling Diffusion Language Models via Adaptation from
+//! Autoregressive Models"): pre-LN blocks, tanh-GELU, learned positions, LM head tied to the token
+//! embedding. The same weights run in two modes:
+//! * *diffusion*: full bidirectional attention; the logits at position i predict token i + 1 (DiffuGPT
+//!   keeps GPT-2's shift), so a masked slot at position j is read from row j - 1;
+//! * *causal*: GPT-2's autoregressive mode, with a KV cache for generation.
+//!
+//! The weights are plain candle tensors (f32 on the CPU) so the training crate can back them with
+//! `Var`s and reuse this exact forward. Mutable state (KV cache, canvas) lives outside the model.
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::config::{Activation, ModelConfig, SpecialIds};
+use crate::error::{Error, Result};
+
+/// LayerNorm parameters.
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+}
+
+/// One transformer block's weights. Linear weights keep HF Conv1D's `[in, out]` layout so that
+/// `x @ w` needs no transpose.
+#[derive(Clone, Debug)]
+pub struct Block {
+    pub ln_1: LayerNorm,
+    pub c_attn_w: Tensor,
+    pub c_attn_b: Tensor,
+    pub attn_proj_w: Tensor,
+    pub attn_proj_b: Tensor,
+    pub ln_2: LayerNorm,
+    pub c_fc_w: Tensor,
+    pub c_fc_b: Tensor,
+    pub mlp_proj_w: Tensor,
+    pub mlp_proj_b: Tensor,
+}
+
+/// Which positions may attend to which.
+#[derive(Clone, Debug)]
+pub enum AttnMask {
+    /// Every position sees every position (DiffuGPT's denoiser).
+    Bidirectional,
+    /// Position i sees positions <= i (GPT-2).
+    Causal,
+    /// An additive bias (0 or -inf) broadcastable to `[batch, heads, queries, keys]`; used by the
+    /// training crate's attention annealing.
+    Bias(Tensor),
+}
+
+/// Keys and values of past positions, one entry per layer, for causal generation.
+#[derive(Clone, Debug, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    len: usize,
+}
+
+impl KvCache {
+    pub fn new(n_layer: usize) -> Self {
+        KvCache {
+            layers: vec![None; n_layer],
+            len: 0,
+        }
+    }
+    /// Number of cached positions.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn clear(&mut self) {
+        self.layers.iter_mut().for_each(|l| *l = None);
+        self.len = 0;
+    }
+}
+
+/// A GPT-2 / DiffuGPT model.
+#[derive(Clone, Debug)]
+pub struct Gpt2 {
+    pub cfg: ModelConfig,
+    pub ids: SpecialIds,
+    /// Token embedding `[vocab, n_embd]`.
+    pub wte: Tensor,
+    /// Position embedding `[n_positions, n_embd]`.
+    pub wpe: Tensor,
+    pub blocks: Vec<Block>,
+    pub ln_f: LayerNorm,
+    /// Untied LM head `[vocab, n_embd]`; `None` means tied to `wte`.
+    pub lm_head: Option<Tensor>,
+    /// Use only ops with a backward pass (the training crate sets this).
+    pub differentiable: bool,
+}
+
+impl Gpt2 {
+    pub fn device(&self) -> &Device {
+        self.wte.device()
+    }
+
+    /// The output projection `[vocab, n_embd]`.
+    pub fn head(&self) -> &Tensor {
+        self.lm_head.as_ref().unwrap_or(&self.wte)
+    }
+
+    fn layer_norm(&self, x: &Tensor, ln: &LayerNorm) -> Result<Tensor> {
+        let eps = self.cfg.layer_norm_eps as f32;
+        Ok(if self.differentiable {
+            candle_nn::ops::layer_norm_slow(x, &ln.weight, &ln.bias, eps)?
+        } else {
+            candle_nn::ops::layer_norm(x, &ln.weight, &ln.bias, eps)?
+        })
+    }
+
+    /// Checks token ids against the vocabulary and the position table before they reach an
+    /// embedding lookup (an out-of-range id would otherwise be a backend error or worse).
+    pub fn check_ids(&self, ids: &[u32], pos_offset: usize) -> Result<()> {
+        if let Some(&bad) = ids.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
+            return Err(Error::Prompt(format!(
+                "token id {bad} is outside the vocabulary of {} tokens",
+                self.cfg.vocab_size
+            )));
+        }
+        if ids.is_empty() {
+            return Err(Error::Prompt("empty token sequence".into()));
+        }
+        if pos_offset + ids.len() > self.cfg.n_positions {
+            return Err(Error::Prompt(format!(
+                "{} positions exceed the model's context of {}",
+                pos_offset + ids.len(),
+                self.cfg.n_positions
+            )));
+        }
+        Ok(())
+    }
+
+    /// Final hidden states `[batch, T, n_embd]` (after `ln_f`) for `ids` `[batch, T]` (u32).
+    ///
+    /// `pos_offset` is the position of the first id (non-zero only with a KV cache).
+    pub fn hidden(
+        &self,
+        ids: &Tensor,
+        mask: &AttnMask,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let pos_offset = cache.as_ref().map_or(0, |c| c.len);
+        if pos_offset + t > self.cfg.n_positions {
+            return Err(Error::Prompt(format!(
+                "{} positions exceed the model's context of {}",
+                pos_offset + t,
+                self.cfg.n_positions
+            )));
+        }
+        let e = self.cfg.n_embd;
+        let tok = self
+            .wte
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, e))?;
+        let pos = self.wpe.narrow(0, pos_offset, t)?;
+        let mut x = tok.broadcast_add(&pos)?;
+        let causal_bias = match mask {
+            AttnMask::Causal if t > 1 => Some(causal_bias(t, pos_offset, x.device())?),
+            _ => None,
+        };
+        for (i, block) in self.blocks.iter().enumerate() {
+            let layer_cache = cache.as_mut().map(|c| &mut c.layers[i]);
+            x = self.block_forward(block, &x, mask, causal_bias.as_ref(), layer_cache)?;
+        }
+        if let Some(c) = cache {
+            c.len += t;
+        }
+        self.layer_norm(&x, &self.ln_f)
+    }
+
+    fn block_forward(
+        &self,
+        blk: &Block,
+        x: &Tensor,
+        mask: &AttnMask,
+        causal_bias: Option<&Tensor>,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> Result<Tensor> {
+        let (b, t, e) = x.dims3()?;
+        let (nh, hd) = (self.cfg.n_head, self.cfg.head_dim());
+        let h = self.layer_norm(x, &blk.ln_1)?.reshape((b * t, e))?;
+        let qkv = linear(&h, &blk.c_attn_w, &blk.c_attn_b)?
+            .reshape((b, t, 3, nh, hd))?
+            .permute((2, 0, 3, 1, 4))?; // [3, b, nh, t, hd]
+        let q = qkv.get(0)?.contiguous()?;
+        let mut k = qkv.get(1)?.contiguous()?;
+        let mut v = qkv.get(2)?.contiguous()?;
+        if let Some(slot) = cache {
+            if let Some((pk, pv)) = slot.as_ref() {
+                k = Tensor::cat(&[pk, &k], 2)?;
+                v = Tensor::cat(&[pv, &v], 2)?;
+            }
+            *slot = Some((k.clone(), v.clone()));
+        }
+        let scale = 1.0 / (hd as f64).sqrt();
+        let mut att = (q.matmul(&k.t()?)? * scale)?; // [b, nh, t, s]
+        match mask {
+            AttnMask::Bidirectional => {}
+            AttnMask::Causal => {
+                if let Some(bias) = causal_bias {
+                    att = att.broadcast_add(bias)?;
+                }
+            }
+            AttnMask::Bias(bias) => att = att.broadcast_add(bias)?,
+        }
+        let att = candle_nn::ops::softmax_last_dim(&att)?;
+        let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b * t, e))?;
+        let y = linear(&y, &blk.attn_proj_w, &blk.attn_proj_b)?.reshape((b, t, e))?;
+        let x = (x + y)?;
+        let h = self.layer_norm(&x, &blk.ln_2)?.reshape((b * t, e))?;
+        let m = linear(&h, &blk.c_fc_w, &blk.c_fc_b)?;
+        let m = match self.cfg.activation {
+            Activation::GeluTanh => m.gelu()?,
+            Activation::GeluErf => m.gelu_erf()?,
+        };
+        let m = linear(&m, &blk.mlp_proj_w, &blk.mlp_proj_b)?.reshape((b, t, e))?;
+        Ok((x + m)?)
+    }
+
+    /// Logits `[rows, vocab]` for hidden states `[rows, n_embd]`.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        Ok(hidden.matmul(&self.head().t()?)?)
+    }
+
+    /// Convenience: full logits `[T, vocab]` for one sequence (row i from hidden state i).
+    pub fn forward_logits(&self, ids: &[u32], mask: &AttnMask) -> Result<Tensor> {
+        self.check_ids(ids, 0)?;
+        let t = Tensor::from_slice(ids, (1, ids.len()), self.device())?;
+        let h = self.hidden(&t, mask, None)?.squeeze(0)?;
+        self.logits(&h)
+    }
+
+    /// Number of parameters actually held (an untied head counts).
+    pub fn param_count(&self) -> u64 {
+        let head = self.lm_head.as_ref().map_or(0, |h| h.elem_count() as u64);
+        self.cfg.param_count() + head
+    }
+
+    /// All weights as (canonical name, tensor) pairs in a fixed order. Canonical names are the
+    /// DiffuGPT ones without the `denoise_model.` prefix (`wte`, `h.0.ln_1.weight`, ...).
+    pub fn named_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut out = vec![
+            ("wte.weight".to_string(), self.wte.clone()),
+            ("wpe.weight".to_string(), self.wpe.clone()),
+        ];
+        for (i, b) in self.blocks.iter().enumerate() {
+            let p = |s: &str| format!("h.{i}.{s}");
+            out.extend([
+                (p("ln_1.weight"), b.ln_1.weight.clone()),
+                (p("ln_1.bias"), b.ln_1.bias.clone()),
+                (p("attn.c_attn.weight"), b.c_attn_w.clone()),
+                (p("attn.c_attn.bias"), b.c_attn_b.clone()),
+                (p("attn.c_proj.weight"), b.attn_proj_w.clone()),
+                (p("attn.c_proj.bias"), b.attn_proj_b.clone()),
+                (p("ln_2.weight"), b.ln_2.weight.clone()),
+                (p("ln_2.bias"), b.ln_2.bias.clone()),
+                (p("mlp.c_fc.weight"), b.c_fc_w.clone()),
+                (p("mlp.c_fc.bias"), b.c_fc_b.clone()),
+                (p("mlp.c_proj.weight"), b.mlp_proj_w.clone()),
+                (p("mlp.c_proj.bias"), b.mlp_proj_b.clone()),
+            ]);
+        }
+        out.push(("ln_f.weight".into(), self.ln_f.weight.clone()));
+        out.push(("ln_f.bias".into(), self.ln_f.bias.clone()));
+        if let Some(h) = &self.lm_head {
+            out.push(("lm_head.weight".into(), h.clone()));
+        }
+        out
+    }
+
+    /// Builds a model from canonical-name tensors (see [`Gpt2::named_tensors`]); shapes must match
+    /// `cfg` (the loader checks them first with precise errors).
+    pub fn from_named(
+        cfg: ModelConfig,
+        ids: SpecialIds,
+        mut get: impl FnMut(&str) -> Result<Tensor>,
+        untied_head: bool,
+    ) -> Result<Self> {
+        let ln = |get: &mut dyn FnMut(&str) -> Result<Tensor>, p: &str| -> Result<LayerNorm> {
+            Ok(LayerNorm {
+                weight: get(&format!("{p}.weight"))?,
+                bias: get(&format!("{p}.bias"))?,
+            })
+        };
+        let wte = get("wte.weight")?;
+        let wpe = get("wpe.weight")?;
+        let mut blocks = Vec::with_capacity(cfg.n_layer);
+        for i in 0..cfg.n_layer {
+            let p = |s: &str| format!("h.{i}.{s}");
+            blocks.push(Block {
+                ln_1: ln(&mut get, &p("ln_1"))?,
+                c_attn_w: get(&p("attn.c_attn.weight"))?,
+                c_attn_b: get(&p("attn.c_attn.bias"))?,
+                attn_proj_w: get(&p("attn.c_proj.weight"))?,
+                attn_proj_b: get(&p("attn.c_proj.bias"))?,
+                ln_2: ln(&mut get, &p("ln_2"))?,
+                c_fc_w: get(&p("mlp.c_fc.weight"))?,
+                c_fc_b: get(&p("mlp.c_fc.bias"))?,
+                mlp_proj_w: get(&p("mlp.c_proj.weight"))?,
+                mlp_proj_b: get(&p("mlp.c_proj.bias"))?,
+            });
+        }
+        let ln_f = ln(&mut get, "ln_f")?;
+        let lm_head = if untied_head {
+            Some(get("lm_head.weight")?)
+        } else {
+            None
+        };
+        Ok(Gpt2 {
+            cfg,
+            ids,
+            wte,
+            wpe,
+            blocks,
+            ln_f,
+            lm_head,
+            differentiable: false,
+        })
+    }
+
+    /// A randomly initialised model (GPT-2's init: N(0, 0.02), residual projections scaled by
+    /// 1/sqrt(2 n_layer), LayerNorm at identity). Deterministic in `seed`; used by tests, benchmarks
+    /// and training from scratch.
+    pub fn random(cfg: ModelConfig, ids: SpecialIds, seed: u64, device: &Device) -> Result<Self> {
+        cfg.validate()?;
+        ids.validate(cfg.vocab_size)?;
+        let mut rng = crate::rng::Rng::new(seed);
+        let resid = 0.02 / (2.0 * cfg.n_layer as f32).sqrt();
+        let shapes = canonical_shapes(&cfg, false);
+        let mut make = |name: &str| -> Result<Tensor> {
+            let shape = &shapes
+                .iter()
+                .find(|(n, _)| n == name)
+                .ok_or_else(|| Error::MissingTensor(name.to_string()))?
+                .1;
+            let n: usize = shape.iter().product();
+            let data: Vec<f32> = if name.contains("ln") && name.ends_with("weight") {
+                vec![1.0; n]
+            } else if name.ends_with("bias") {
+                vec![0.0; n]
+            } else {
+                let std = if name.ends_with("c_proj.weight") {
+                    resid
+                } else {
+                    0.02
+                };
+                (0..n).map(|_| rng.normal() * std).collect()
+            };
+            Ok(Tensor::from_vec(data, shape.as_slice(), device)?)
+        };
+        Gpt2::from_named(cfg, ids, &mut make, false)
+    }
+
+    /// Converts every weight to `dtype` (e.g. BF16 on a GPU).
+    pub fn to_dtype(&self, dtype: DType) -> Result<Self> {
+        let named = self.named_tensors();
+        let mut get = |n: &str| -> Result<Tensor> {
+            let t = &named
+                .iter()
+                .find(|(k, _)| k == n)
+                .ok_or_else(|| Error::MissingTensor(n.into()))?
+                .1;
+            Ok(t.to_dtype(dtype)?)
+        };
+        let mut m = Gpt2::from_named(self.cfg.clone(), self.ids, &mut get, self.lm_head.is_some())?;
+        m.differentiable = self.differentiable;
+        Ok(m)
+    }
+}
+
+/// Canonical tensor names and shapes for a config (in [`Gpt2::named_tensors`] order).
+pub fn canonical_shapes(cfg: &ModelConfig, untied_head: bool) -> Vec<(String, Vec<usize>)> {
+    let (e, i, v, p) = (cfg.n_embd, cfg.n_inner, cfg.vocab_size, cfg.n_positions);
+    let mut out = vec![
+        ("wte.weight".to_string(), vec![v, e]),
+        ("wpe.weight".to_string(), vec![p, e]),
+    ];
+    for l in 0..cfg.n_layer {
+        let n = |s: &str| format!("h.{l}.{s}");
+        out.extend([
+            (n("ln_1.weight"), vec![e]),
+            (n("ln_1.bias"), vec![e]),
+            (n("attn.c_attn.weight"), vec![e, 3 * e]),
+            (n("attn.c_attn.bias"), vec![3 * e]),
+            (n("attn.c_proj.weight"), vec![e, e]),
+            (n("attn.c_proj.bias"), vec![e]),
+            (n("ln_2.weight"), vec![e]),
+            (n("ln_2.bias"), vec![e]),
+            (n("mlp.c_fc.weight"), vec![e, i]),
+            (n("mlp.c_fc.bias"), vec![i]),
+            (n("mlp.c_proj.weight"), vec![i, e]),
+            (n("mlp.c_proj.bias"), vec![e]),
+        ]);
+    }
+    out.push(("ln_f.weight".into(), vec![e]));
+    out.push(("ln_f.bias".into(), vec![e]));
+    if untied_head {
+        out.push(("lm_head.weight".into(), vec![v, e]));
+    }
+    out
+}
+
+fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    Ok(x.matmul(w)?.broadcast_add(b)?)
+}
+
+/// `[t, offset + t]` additive mask: 0 where key <= query, -inf after.
+fn causal_bias(t: usize, offset: usize, device: &Device) -> Result<Tensor> {
+    let s = offset + t;
+    let data: Vec<f32> = (0..t)
+        .flat_map(|q| {
+            (0..s).map(move |k| {
+                if k <= q + offset {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+        })
+        .collect();
+    Ok(Tensor::from_vec(data, (t, s), device)?)
+}

@@ -1,0 +1,467 @@
+//! Turning one row of logits into a token, a confidence score and the probability of the end.
+//!
+//! Processing order (the same on every backend): end probability from the raw logits (the model's
+//! own belief, untouched by sampling knobs) -> banned ids -> repetition penalty -> greedy argmax, or
+//! temperature -> top-k -> top-p -> a draw from the seeded generator.
+
+use crate::error::{Error, Result};
+use crate::rng::Rng;
+
+/// Token choice knobs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SamplingParams {
+    /// 0 means greedy (argmax); otherwise logits are divided by it before sampling.
+    pub temperature: f32,
+    /// Keep only the k most likely tokens (0 = off).
+    pub top_k: usize,
+    /// Keep the smallest set of tokens whose probability reaches p (1 = off).
+    pub top_p: f32,
+    /// CTRL-style penalty (> 1 discourages tokens already in the prompt or canvas; 1 = off).
+    pub repetition_penalty: f32,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            repetition_penalty: 1.0,
+        }
+    }
+}
+
+impl SamplingParams {
+    pub fn validate(&self) -> Result<()> {
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return Err(Error::Param(format!(
+                "temperature must be a finite number >= 0, got {}",
+                self.temperature
+            )));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(Error::Param(format!(
+                "top_p must be in (0, 1], got {}",
+                self.top_p
+            )));
+        }
+        if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
+            return Err(Error::Param(format!(
+                "repetition_penalty must be a finite number > 0, got {}",
+                self.repetition_penalty
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// How sure the model is about a slot; larger is surer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConfidenceKind {
+    /// Probability of the chosen token.
+    Prob,
+    /// top-1 minus top-2 probability.
+    Margin,
+    /// Negative entropy of the distribution.
+    NegEntropy,
+}
+
+/// The outcome for one row.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RowChoice {
+    pub token: u32,
+    pub confidence: f32,
+    /// Probability (raw softmax) of the end ids: eos + pad.
+    pub p_end: f32,
+}
+
+/// Reusable per-session sampler state (scratch buffers, the "seen" set).
+#[derive(Clone, Debug)]
+pub struct Sampler {
+    pub params: SamplingParams,
+    pub confidence: ConfidenceKind,
+    end_ids: Vec<u32>,
+    banned: Vec<u32>,
+    seen: Vec<bool>,
+    seen_list: Vec<u32>,
+    scratch: Vec<f32>,
+    idx: Vec<u32>,
+}
+
+impl Sampler {
+    pub fn new(
+        params: SamplingParams,
+        confidence: ConfidenceKind,
+        vocab: usize,
+        end_ids: Vec<u32>,
+        banned: Vec<u32>,
+    ) -> Self {
+        Sampler {
+            params,
+            confidence,
+            end_ids,
+            banned,
+            seen: vec![false; vocab],
+            seen_list: Vec::new(),
+            scratch: Vec::with_capacity(vocab),
+            idx: Vec::with_capacity(vocab),
+        }
+    }
+
+    /// Marks tokens as present (for the repetition penalty).
+    pub fn mark_seen(&mut self, ids: &[u32]) {
+        if self.params.repetition_penalty == 1.0 {
+            return;
+        }
+        for &t in ids {
+            if let Some(s) = self.seen.get_mut(t as usize) {
+                if !*s {
+                    *s = true;
+                    self.seen_list.push(t);
+                }
+            }
+        }
+    }
+
+    pub fn clear_seen(&mut self) {
+        for &t in &self.seen_list {
+            self.seen[t as usize] = false;
+        }
+        self.seen_list.clear();
+    }
+
+    /// Probability of the end ids under the raw softmax of `logits`.
+    pub fn end_prob(&self, logits: &[f32]) -> f32 {
+        let m = max(logits);
+        let z: f32 = logits.iter().map(|&l| (l - m).exp()).sum();
+        let e: f32 = self
+            .end_ids
+            .iter()
+            .filter_map(|&i| logits.get(i as usize))
+            .map(|&l| (l - m).exp())
+            .sum();
+        e / z
+    }
+
+    /// Chooses a token for one row. `logits` is modified in place (it is scratch to the caller).
+    pub fn choose(&mut self, logits: &mut [f32], rng: &mut Rng) -> RowChoice {
+        let p_end = self.end_prob(logits);
+        for &b in &self.banned {
+            if let Some(l) = logits.get_mut(b as usize) {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+        let pen = self.params.repetition_penalty;
+        if pen != 1.0 {
+            for &t in &self.seen_list {
+                let l = &mut logits[t as usize];
+                *l = if *l > 0.0 { *l / pen } else { *l * pen };
+            }
+        }
+        let p = self.params;
+        if p.temperature == 0.0 {
+            // Greedy: the distribution at temperature 1 scores the confidence.
+            let (best, _) = argmax(logits);
+            let confidence = self.score(logits, best);
+            return RowChoice {
+                token: best as u32,
+                confidence,
+                p_end,
+            };
+        }
+        let inv_t = 1.0 / p.temperature;
+        logits.iter_mut().for_each(|l| *l *= inv_t);
+        if p.top_k > 0 && p.top_k < logits.len() {
+            self.scratch.clear();
+            self.scratch.extend_from_slice(logits);
+            let k = p.top_k;
+            let (_, kth, _) = self
+                .scratch
+                .select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+            let kth = *kth;
+            // Ties at the threshold may keep a few more than k; harmless and deterministic.
+            logits
+                .iter_mut()
+                .filter(|l| **l < kth)
+                .for_each(|l| *l = f32::NEG_INFINITY);
+        }
+        softmax_in_place(logits);
+        if p.top_p < 1.0 {
+            self.nucleus(logits, p.top_p);
+        }
+        // Inverse-CDF draw over the (renormalised) probabilities.
+        let total: f32 = logits.iter().sum();
+        let mut u = rng.next_f32() * total;
+        let mut token = None;
+        let mut last_nonzero = 0;
+        for (i, &q) in logits.iter().enumerate() {
+            if q > 0.0 {
+                last_nonzero = i;
+                if u < q {
+                    token = Some(i);
+                    break;
+                }
+                u -= q;
+            }
+        }
+        let token = token.unwrap_or(last_nonzero);
+        let confidence = self.score_probs(logits, token, total);
+        RowChoice {
+            token: token as u32,
+            confidence,
+            p_end,
+        }
+    }
+
+    /// Zeroes every probability outside the nucleus. Exact without sorting the whole vocabulary:
+    /// tokens above a threshold form a prefix of the sorted order, so once their mass reaches
+    /// `top_p` the nucleus lies inside them and only they need sorting.
+    fn nucleus(&mut self, probs: &mut [f32], top_p: f32) {
+        let pmax = max(probs);
+        let mut theta = pmax * 1e-3;
+        loop {
+            self.idx.clear();
+            self.idx.extend(
+                probs
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, &q)| q >= theta && q > 0.0)
+                    .map(|(i, _)| i as u32),
+            );
+            let mass: f32 = self.idx.iter().map(|&i| probs[i as usize]).sum();
+            if mass >= top_p || theta == 0.0 {
+                break;
+            }
+            theta = if theta < 1e-30 { 0.0 } else { theta * 1e-3 };
+        }
+        self.idx.sort_unstable_by(|&a, &b| {
+            probs[b as usize]
+                .total_cmp(&probs[a as usize])
+                .then(a.cmp(&b))
+        });
+        let mut cum = 0.0f32;
+        let mut keep = self.idx.len();
+        for (n, &i) in self.idx.iter().enumerate() {
+            cum += probs[i as usize];
+            if cum >= top_p {
+                keep = n + 1;
+                break;
+            }
+        }
+        self.scratch.clear();
+        self.scratch.resize(probs.len(), 0.0);
+        for &i in &self.idx[..keep] {
+            self.scratch[i as usize] = probs[i as usize];
+        }
+        probs.copy_from_slice(&self.scratch);
+    }
+
+    /// Confidence of `token` under softmax(logits).
+    fn score(&self, logits: &[f32], token: usize) -> f32 {
+        let m = max(logits);
+        let z: f32 = logits.iter().map(|&l| (l - m).exp()).sum();
+        match self.confidence {
+            ConfidenceKind::Prob => (logits[token] - m).exp() / z,
+            ConfidenceKind::Margin => {
+                let (p1, p2) = top2(logits);
+                ((p1 - m).exp() - (p2 - m).exp()) / z
+            }
+            ConfidenceKind::NegEntropy => {
+                let lz = z.ln();
+                let h: f32 = logits
+                    .iter()
+                    .filter(|l| l.is_finite())
+                    .map(|&l| {
+                        let lp = l - m - lz;
+                        -lp.exp() * lp
+                    })
+                    .sum();
+                -h
+            }
+        }
+    }
+
+    /// Confidence of `token` under already normalised (up to `total`) probabilities.
+    fn score_probs(&self, probs: &[f32], token: usize, total: f32) -> f32 {
+        match self.confidence {
+            ConfidenceKind::Prob => probs[token] / total,
+            ConfidenceKind::Margin => {
+                let (p1, p2) = top2(probs);
+                (p1 - p2) / total
+            }
+            ConfidenceKind::NegEntropy => probs
+                .iter()
+                .filter(|&&q| q > 0.0)
+                .map(|&q| {
+                    let q = q / total;
+                    q * q.ln()
+                })
+                .sum(),
+        }
+    }
+}
+
+pub(crate) fn max(xs: &[f32]) -> f32 {
+    xs.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+}
+
+/// Index and value of the largest element (first one on ties).
+pub fn argmax(xs: &[f32]) -> (usize, f32) {
+    let mut best = (0, f32::NEG_INFINITY);
+    for (i, &x) in xs.iter().enumerate() {
+        if x > best.1 {
+            best = (i, x);
+        }
+    }
+    best
+}
+
+fn top2(xs: &[f32]) -> (f32, f32) {
+    let (mut a, mut b) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
+    for &x in xs {
+        if x > a {
+            b = a;
+            a = x;
+        } else if x > b {
+            b = x;
+        }
+    }
+    (a, b)
+}
+
+pub fn softmax_in_place(xs: &mut [f32]) {
+    let m = max(xs);
+    let mut z = 0.0;
+    for x in xs.iter_mut() {
+        *x = (*x - m).exp();
+        z += *x;
+    }
+    let inv = 1.0 / z;
+    xs.iter_mut().for_each(|x| *x *= inv);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sampler(params: SamplingParams, conf: ConfidenceKind) -> Sampler {
+        Sampler::new(params, conf, 6, vec![5], vec![4])
+    }
+
+    #[test]
+    fn greedy_ban_end_prob_and_confidences() {
+        let logits = [1.0f32, 3.0, 2.0, 0.0, 10.0, 2.5];
+        let mut s = sampler(SamplingParams::default(), ConfidenceKind::Prob);
+        let mut rng = Rng::new(0);
+        let c = s.choose(&mut logits.clone(), &mut rng);
+        // id 4 is banned even though it is the argmax.
+        assert_eq!(c.token, 1);
+        let z: f32 = logits.iter().map(|l| l.exp()).sum();
+        assert!((c.p_end - 2.5f32.exp() / z).abs() < 1e-6);
+        let z2: f32 = [1.0f32, 3.0, 2.0, 0.0, 2.5].iter().map(|l| l.exp()).sum();
+        assert!((c.confidence - 3.0f32.exp() / z2).abs() < 1e-6);
+        let mut m = sampler(SamplingParams::default(), ConfidenceKind::Margin);
+        let c = m.choose(&mut logits.clone(), &mut rng);
+        assert!((c.confidence - (3.0f32.exp() - 2.5f32.exp()) / z2).abs() < 1e-6);
+        let mut e = sampler(SamplingParams::default(), ConfidenceKind::NegEntropy);
+        let c = e.choose(&mut logits.clone(), &mut rng);
+        let h: f32 = [1.0f32, 3.0, 2.0, 0.0, 2.5]
+            .iter()
+            .map(|l| {
+                let p = l.exp() / z2;
+                -p * p.ln()
+            })
+            .sum();
+        assert!((c.confidence + h).abs() < 1e-5);
+    }
+
+    #[test]
+    fn repetition_penalty_changes_greedy_choice() {
+        let p = SamplingParams {
+            repetition_penalty: 2.0,
+            ..Default::default()
+        };
+        let mut s = sampler(p, ConfidenceKind::Prob);
+        s.mark_seen(&[1]);
+        let c = s.choose(&mut [1.0, 3.0, 2.0, 0.0, 0.0, 0.0], &mut Rng::new(0));
+        assert_eq!(c.token, 2); // 3.0 / 2 = 1.5 < 2.0
+        s.clear_seen();
+        let c = s.choose(&mut [1.0, 3.0, 2.0, 0.0, 0.0, 0.0], &mut Rng::new(0));
+        assert_eq!(c.token, 1);
+    }
+
+    #[test]
+    fn top_k_and_top_p_restrict_the_support() {
+        let base = [0.0f32, 1.0, 2.0, 3.0, -50.0, 0.5];
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_k: 2,
+            ..Default::default()
+        };
+        let mut s = sampler(p, ConfidenceKind::Prob);
+        let mut rng = Rng::new(3);
+        let mut seen = [0usize; 6];
+        for _ in 0..2000 {
+            seen[s.choose(&mut base.clone(), &mut rng).token as usize] += 1;
+        }
+        assert_eq!(seen[0] + seen[1] + seen[4] + seen[5], 0);
+        // P(3)/P(2) = e ~ 2.72
+        let ratio = seen[3] as f32 / seen[2] as f32;
+        assert!((2.2..3.3).contains(&ratio), "{ratio}");
+        // top_p 0.5: token 3 alone has p ~ 0.6 -> always chosen.
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_p: 0.5,
+            ..Default::default()
+        };
+        let mut s = sampler(p, ConfidenceKind::Prob);
+        for _ in 0..200 {
+            let c = s.choose(&mut base.clone(), &mut rng);
+            assert_eq!(c.token, 3);
+            assert!((c.confidence - 1.0).abs() < 1e-6);
+        }
+        // top_p 0.9: tokens 3 and 2 (0.6 + 0.22 = 0.82 < 0.9) and 1 (0.08) -> support {1, 2, 3}.
+        let p = SamplingParams {
+            temperature: 1.0,
+            top_p: 0.9,
+            ..Default::default()
+        };
+        let mut s = sampler(p, ConfidenceKind::Prob);
+        let mut seen = [0usize; 6];
+        for _ in 0..3000 {
+            seen[s.choose(&mut base.clone(), &mut rng).token as usize] += 1;
+        }
+        assert!(seen[1] > 0 && seen[2] > 0 && seen[3] > 0);
+        assert_eq!(seen[0] + seen[4] + seen[5], 0, "{seen:?}");
+    }
+
+    #[test]
+    fn invalid_params_are_rejected() {
+        let bad = [
+            SamplingParams {
+                temperature: f32::NAN,
+                ..Default::default()
+            },
+            SamplingParams {
+                temperature: -1.0,
+                ..Default::default()
+            },
+            SamplingParams {
+                top_p: 0.0,
+                ..Default::default()
+            },
+            SamplingParams {
+                top_p: 1.5,
+                ..Default::default()
+            },
+            SamplingParams {
+                repetition_penalty: 0.0,
+                ..Default::default()
+            },
+        ];
+        for b in bad {
+            assert!(matches!(b.validate(), Err(Error::Param(_))), "{b:?}");
+        }
+        SamplingParams::default().validate().unwrap();
+    }
+}

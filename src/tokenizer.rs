@@ -1,0 +1,66 @@
+//! Text <-> token ids through any Hugging Face `tokenizer.json`.
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// A loaded tokenizer. Thread-safe (`encode`/`decode` take `&self`).
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+}
+
+impl Tokenizer {
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        Self::from_bytes(&bytes).map_err(|e| Error::Tokenizer(format!("{}: {e}", path.display())))
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_bytes(bytes)
+            .map_err(|e| Error::Tokenizer(format!("malformed tokenizer.json: {e}")))?;
+        Ok(Tokenizer { inner })
+    }
+
+    /// Number of ids the tokenizer can produce (added tokens included).
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Checks that every id the tokenizer can emit exists in a model with `model_vocab` rows.
+    pub fn check_against_model(&self, model_vocab: usize) -> Result<()> {
+        if self.vocab_size() > model_vocab {
+            return Err(Error::Tokenizer(format!(
+                "tokenizer has {} tokens but the model only {model_vocab} embedding rows",
+                self.vocab_size()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Encodes without adding special tokens (the canvas builder adds BOS itself).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Decodes ids; ids unknown to the tokenizer (a new pad row, say) are dropped.
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
+        let known: Vec<u32> = ids
+            .iter()
+            .copied()
+            .filter(|&i| self.inner.id_to_token(i).is_some())
+            .collect();
+        self.inner
+            .decode(&known, skip_special)
+            .map_err(|e| Error::Tokenizer(e.to_string()))
+    }
+}
+
+impl std::fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tokenizer({} tokens)", self.vocab_size())
+    }
+}
