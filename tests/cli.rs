@@ -1,0 +1,121 @@
+//! The `diffugpt` binary end to end on the built-in fixture model.
+
+use std::process::Command;
+
+fn run(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_diffugpt"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn generate_json_on_the_builtin_default_says_it_is_a_fixture() {
+    let (ok, out, err) = run(&["generate", "--prompt", "Hello", "--canvas", "12", "--json"]);
+    assert!(ok, "{err}");
+    assert!(err.contains("not meaningful"), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["prompt"], "Hello");
+    assert_eq!(v["stats"]["canvas_len"], 12);
+    assert!(v["stats"]["forward_passes"].as_u64().unwrap() >= 1);
+    assert!(v["text"].is_string());
+}
+
+#[test]
+fn generate_stream_arm_and_fixed_modes() {
+    let (ok, _, err) = run(&[
+        "generate",
+        "--canvas",
+        "6",
+        "--stream",
+        "--length",
+        "fixed",
+        "--strategy",
+        "random",
+    ]);
+    assert!(ok, "{err}");
+    assert!(err.contains("[step 1/"), "{err}");
+    let (ok, out, err) = run(&["generate", "--arm", "--max-new-tokens", "5", "--json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v["tokens"].as_array().unwrap().len() <= 5);
+}
+
+#[test]
+fn bad_arguments_fail_with_a_message() {
+    let (ok, _, err) = run(&["generate", "--canvas", "100000"]);
+    assert!(!ok);
+    assert!(err.contains("exceed"), "{err}");
+    let (ok, _, err) = run(&["generate", "--predictor", "median"]);
+    assert!(!ok);
+    assert!(err.contains("unknown length predictor"), "{err}");
+    let (ok, _, err) = run(&["generate", "--model", "/nonexistent/model"]);
+    assert!(!ok);
+    assert!(err.contains("/nonexistent/model"), "{err}");
+}
+
+#[test]
+fn inspect_reports_layout_and_ids() {
+    let (ok, out, err) = run(&["inspect"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["layout"], "diffugpt");
+    assert_eq!(v["mask_id"], 10541);
+    assert_eq!(v["eos_id"], 50256);
+    assert_eq!(v["vocab_size"], 50257);
+    assert_eq!(v["parameters"], 1_641_888);
+}
+
+#[test]
+fn bench_json_has_forward_times() {
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-diffugpt");
+    let (ok, out, err) = run(&[
+        "bench",
+        "--model",
+        fixture,
+        "--forward-lens",
+        "8,16",
+        "--reps",
+        "1",
+        "--canvas",
+        "16",
+        "--steps",
+        "4",
+        "--prompt-len",
+        "4",
+        "--answer-len",
+        "3",
+        "--format",
+        "json",
+    ]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v["forward_ms"]["8"].as_f64().unwrap() > 0.0);
+    assert!(v["forward_ms"]["16"].as_f64().unwrap() > 0.0);
+    let rows = v["rows"].as_array().unwrap();
+    assert!(rows.iter().any(|r| r["test"] == "fixed-16"));
+    let eos = rows
+        .iter()
+        .find(|r| r["test"] == "eosfirst-16-ans3")
+        .unwrap();
+    // oracle 3 + end + margin 8 = 12 of 16 slots, 4 steps scaled to 3 + the first step.
+    assert!(eos["forward_passes"].as_u64().unwrap() <= 4);
+    let (ok, out, _) = run(&[
+        "bench",
+        "--model",
+        fixture,
+        "--forward-lens",
+        "8",
+        "--reps",
+        "1",
+        "--canvas",
+        "0",
+    ]);
+    assert!(ok);
+    assert!(out.contains("| forward-8 |"), "{out}");
+}

@@ -1,0 +1,130 @@
+//! Parity against golden logits from an independent NumPy reference (scripts/make_parity_fixtures.py)
+//! on tiny random models in the DiffuGPT and HF GPT-2 layouts, stored as F32, F16 and BF16.
+//! Tolerance: max |Δ| / max |ref| <= 1e-4 (f32 compute).
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+use diffugpt::model::KvCache;
+use diffugpt::{AttnMask, LoadOptions, Model};
+
+const TOL: f32 = 1e-4;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/parity")
+        .join(name)
+}
+
+fn golden(name: &str) -> (Vec<u32>, Vec<Vec<f32>>, Vec<Vec<f32>>) {
+    let g = candle_core::safetensors::load(fixture(name).join("golden.safetensors"), &Device::Cpu)
+        .unwrap();
+    let ids: Vec<u32> = g["ids"].to_dtype(DType::U32).unwrap().to_vec1().unwrap();
+    let d = g["logits_diffusion"].to_vec2().unwrap();
+    let c = g["logits_causal"].to_vec2().unwrap();
+    (ids, d, c)
+}
+
+fn rel_err(got: &[Vec<f32>], want: &[Vec<f32>]) -> f32 {
+    assert_eq!(got.len(), want.len());
+    let mut max_d = 0f32;
+    let mut max_r = 0f32;
+    for (g, w) in got.iter().zip(want) {
+        assert_eq!(g.len(), w.len());
+        for (a, b) in g.iter().zip(w) {
+            max_d = max_d.max((a - b).abs());
+            max_r = max_r.max(b.abs());
+        }
+    }
+    max_d / max_r
+}
+
+fn check_model(name: &str, expect_layout: &str, untied: bool) {
+    let m = Model::load(&fixture(name), LoadOptions::default()).unwrap();
+    assert_eq!(m.info.layout.name(), expect_layout, "{name}");
+    assert_eq!(m.info.untied_head, untied, "{name}");
+    let (ids, want_d, want_c) = golden(name);
+    let d = m
+        .gpt
+        .forward_logits(&ids, &AttnMask::Bidirectional)
+        .unwrap();
+    let e = rel_err(&d.to_vec2().unwrap(), &want_d);
+    assert!(e <= TOL, "{name} diffusion rel err {e}");
+    let c = m.gpt.forward_logits(&ids, &AttnMask::Causal).unwrap();
+    let e = rel_err(&c.to_vec2().unwrap(), &want_c);
+    assert!(e <= TOL, "{name} causal rel err {e}");
+
+    // The KV cache, fed in uneven chunks, reproduces the causal rows.
+    let mut cache = KvCache::new(m.gpt.cfg.n_layer);
+    let mut rows = Vec::new();
+    for chunk in [&ids[..5], &ids[5..6], &ids[6..]] {
+        let t = Tensor::from_slice(chunk, (1, chunk.len()), &Device::Cpu).unwrap();
+        let h = m
+            .gpt
+            .hidden(&t, &AttnMask::Causal, Some(&mut cache))
+            .unwrap();
+        let l = m.gpt.logits(&h.squeeze(0).unwrap()).unwrap();
+        rows.extend(l.to_vec2::<f32>().unwrap());
+    }
+    assert_eq!(cache.len(), ids.len());
+    let e = rel_err(&rows, &want_c);
+    assert!(e <= TOL, "{name} kv-cache rel err {e}");
+}
+
+#[test]
+fn diffugpt_layout_f32() {
+    check_model("diffugpt-f32", "diffugpt", false);
+}
+
+#[test]
+fn diffugpt_layout_f16_and_eps_from_config() {
+    check_model("diffugpt-f16", "diffugpt", false);
+    let m = Model::load(&fixture("diffugpt-f16"), LoadOptions::default()).unwrap();
+    assert_eq!(m.gpt.cfg.layer_norm_eps, 1e-6);
+}
+
+#[test]
+fn hf_gpt2_layout_untied_head_f32() {
+    check_model("gpt2-f32", "hf-gpt2", true);
+}
+
+#[test]
+fn hf_gpt2_layout_bf16() {
+    check_model("gpt2-bf16", "hf-gpt2", false);
+}
+
+#[test]
+fn wrong_eps_would_be_detected() {
+    // Guards the tolerance: loading the eps=1e-6 model with eps 1e-5 must exceed it.
+    let mut m = Model::load(&fixture("diffugpt-f16"), LoadOptions::default()).unwrap();
+    m.gpt.cfg.layer_norm_eps = 1e-5;
+    let (ids, want_d, _) = golden("diffugpt-f16");
+    let d = m
+        .gpt
+        .forward_logits(&ids, &AttnMask::Bidirectional)
+        .unwrap();
+    assert!(rel_err(&d.to_vec2().unwrap(), &want_d) > TOL);
+}
+
+#[test]
+fn cli_logits_dump_matches_golden() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("l.npy");
+    let (ids, want_d, _) = golden("diffugpt-f32");
+    let ids_arg = ids
+        .iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let st = std::process::Command::new(env!("CARGO_BIN_EXE_diffugpt"))
+        .args(["logits", "--model"])
+        .arg(fixture("diffugpt-f32"))
+        .args(["--ids", &ids_arg, "--mode", "diffusion", "--out"])
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let l = Tensor::read_npy(&out).unwrap();
+    assert_eq!(l.dims(), &[12, 97]);
+    assert!(rel_err(&l.to_vec2().unwrap(), &want_d) <= TOL);
+}
