@@ -1,0 +1,78 @@
+#!/usr/bin/env python3
+"""PyTorch fp32 reference timing of one DiffuGPT-S-shaped forward (12 x 768, vocab 50257, random
+weights, bidirectional attention, logits for every row), for side-by-side comparison with
+`diffugpt bench`. Prints JSON {"forward_ms": {"64": ..., "1024": ...}, ...}.
+
+    python3 benches/pytorch_forward.py --lens 64,1024 --reps 3
+"""
+import argparse
+import json
+import math
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+
+class Block(torch.nn.Module):
+    def __init__(self, e, h):
+        super().__init__()
+        self.h = h
+        self.ln_1 = torch.nn.LayerNorm(e, eps=1e-5)
+        self.c_attn = torch.nn.Linear(e, 3 * e)
+        self.c_proj = torch.nn.Linear(e, e)
+        self.ln_2 = torch.nn.LayerNorm(e, eps=1e-5)
+        self.c_fc = torch.nn.Linear(e, 4 * e)
+        self.mlp_proj = torch.nn.Linear(4 * e, e)
+
+    def forward(self, x):
+        b, t, e = x.shape
+        q, k, v = self.c_attn(self.ln_1(x)).split(e, dim=2)
+        q, k, v = (z.view(b, t, self.h, e // self.h).transpose(1, 2) for z in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=False)
+        x = x + self.c_proj(y.transpose(1, 2).reshape(b, t, e))
+        return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
+
+
+class Gpt2(torch.nn.Module):
+    def __init__(self, v=50257, p=1024, e=768, h=12, n=12):
+        super().__init__()
+        self.wte = torch.nn.Embedding(v, e)
+        self.wpe = torch.nn.Embedding(p, e)
+        self.blocks = torch.nn.ModuleList(Block(e, h) for _ in range(n))
+        self.ln_f = torch.nn.LayerNorm(e, eps=1e-5)
+
+    def forward(self, ids):
+        x = self.wte(ids) + self.wpe(torch.arange(ids.shape[1]))
+        for b in self.blocks:
+            x = b(x)
+        return self.ln_f(x) @ self.wte.weight.T  # tied head, every row
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--lens", default="64,1024")
+    ap.add_argument("--reps", type=int, default=3)
+    a = ap.parse_args()
+    torch.manual_seed(0)
+    m = Gpt2().eval()
+    out = {}
+    for t in [int(x) for x in a.lens.split(",")]:
+        ids = (torch.arange(t) * 7919 % 50257).unsqueeze(0)
+        with torch.inference_mode():
+            m(ids)  # warm-up
+            ms = []
+            for _ in range(a.reps):
+                s = time.perf_counter()
+                m(ids)
+                ms.append((time.perf_counter() - s) * 1e3)
+        out[str(t)] = statistics.mean(ms)
+    print(json.dumps({
+        "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "mkl": torch.backends.mkl.is_available(), "forward_ms": out,
+    }))
+
+
+if __name__ == "__main__":
+    main()
