@@ -25,7 +25,11 @@ fn forward(c: &mut Criterion) {
     g.throughput(Throughput::Elements(answer as u64));
     let fixed = decode_params(512, 64, false);
     g.bench_function("fixed", |b| {
-        b.iter(|| Session::new(&model).generate(&prompt, &fixed, None).expect("decode"))
+        b.iter(|| {
+            Session::new(&model)
+                .generate(&prompt, &fixed, None)
+                .expect("decode")
+        })
     });
     let mut eos = decode_params(512, 64, true);
     eos.length = LengthMode::EosFirst {
@@ -35,7 +39,11 @@ fn forward(c: &mut Criterion) {
         grow: false,
     };
     g.bench_function("eosfirst", |b| {
-        b.iter(|| Session::new(&model).generate(&prompt, &eos, None).expect("decode"))
+        b.iter(|| {
+            Session::new(&model)
+                .generate(&prompt, &eos, None)
+                .expect("decode")
+        })
     });
     g.finish();
 }

@@ -105,9 +105,17 @@ impl ModelConfig {
 
     /// Parameter count with a tied head (the head adds vocab * n_embd when untied).
     pub fn param_count(&self) -> u64 {
+        // Saturating: absurd configs must compare as huge, never wrap into a small number.
         let (e, i, l) = (self.n_embd as u64, self.n_inner as u64, self.n_layer as u64);
-        let block = 2 * 2 * e + (e * 3 * e + 3 * e) + (e * e + e) + (e * i + i) + (i * e + e);
-        self.vocab_size as u64 * e + self.n_positions as u64 * e + l * block + 2 * e
+        let (v, p) = (self.vocab_size as u64, self.n_positions as u64);
+        let (m, a) = (u64::saturating_mul, u64::saturating_add);
+        let attn = a(m(m(3, e), e), m(3, e));
+        let block = [m(4, e), attn, a(m(e, e), e), a(m(e, i), i), a(m(i, e), e)]
+            .into_iter()
+            .fold(0, a);
+        [m(v, e), m(p, e), m(l, block), m(2, e)]
+            .into_iter()
+            .fold(0, a)
     }
 
     /// Checks that the numbers describe a model we can build.
@@ -143,7 +151,7 @@ impl ModelConfig {
                 "layer_norm_epsilon {eps} must be in (0, 1)"
             )));
         }
-        // Checked arithmetic: absurd sizes must not overflow into a small number.
+        // param_count saturates, so absurd sizes cannot overflow into a small number.
         let big = [
             self.n_embd,
             self.n_inner,
@@ -230,6 +238,9 @@ impl SpecialIds {
     /// Resolves the ids: overrides, then config.json, then the DiffuGPT conventions
     /// (eos 50256; mask 10541 with 50257 rows, 50257 with 50258 or more rows).
     pub fn resolve(vocab: usize, hf: &HfConfig, ov: &SpecialIdOverrides) -> Result<Self> {
+        if vocab == 0 {
+            return Err(Error::Config("vocab_size must be positive".into()));
+        }
         let default_eos = if vocab > GPT2_EOS as usize {
             GPT2_EOS
         } else {

@@ -14,6 +14,7 @@
 
 pub mod bench;
 pub mod config;
+pub mod cpu_kernels;
 pub mod decode;
 pub mod error;
 pub mod length;

@@ -90,6 +90,8 @@ pub struct Gpt2 {
     pub lm_head: Option<Tensor>,
     /// Use only ops with a backward pass (the training crate sets this).
     pub differentiable: bool,
+    /// Use candle's plain ops instead of the fused CPU kernels (the reference path in tests).
+    pub reference_ops: bool,
 }
 
 impl Gpt2 {
@@ -109,6 +111,14 @@ impl Gpt2 {
         } else {
             candle_nn::ops::layer_norm(x, &ln.weight, &ln.bias, eps)?
         })
+    }
+
+    /// Whether the fused in-place CPU kernels apply (f32 on the CPU, no autograd needed).
+    fn fast_cpu(&self) -> bool {
+        !self.differentiable
+            && !self.reference_ops
+            && self.wte.device().is_cpu()
+            && self.wte.dtype() == DType::F32
     }
 
     /// Checks token ids against the vocabulary and the position table before they reach an
@@ -197,25 +207,35 @@ impl Gpt2 {
             *slot = Some((k.clone(), v.clone()));
         }
         let scale = 1.0 / (hd as f64).sqrt();
-        let mut att = (q.matmul(&k.t()?)? * scale)?; // [b, nh, t, s]
-        match mask {
-            AttnMask::Bidirectional => {}
-            AttnMask::Causal => {
-                if let Some(bias) = causal_bias {
-                    att = att.broadcast_add(bias)?;
-                }
-            }
-            AttnMask::Bias(bias) => att = att.broadcast_add(bias)?,
+        let fast = self.fast_cpu();
+        let mut att = q.matmul(&k.t()?)?; // [b, nh, t, s]
+        if !fast {
+            att = (att * scale)?;
         }
-        let att = candle_nn::ops::softmax_last_dim(&att)?;
+        let bias = match mask {
+            AttnMask::Bidirectional => None,
+            AttnMask::Causal => causal_bias,
+            AttnMask::Bias(bias) => Some(bias),
+        };
+        if let Some(bias) = bias {
+            // The bias is 0 or -inf, so adding it before or after the scale is the same.
+            att = att.broadcast_add(bias)?;
+        }
+        let att = if fast {
+            crate::cpu_kernels::scaled_softmax_inplace(att, scale as f32)?
+        } else {
+            candle_nn::ops::softmax_last_dim(&att)?
+        };
         let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b * t, e))?;
         let y = linear(&y, &blk.attn_proj_w, &blk.attn_proj_b)?.reshape((b, t, e))?;
         let x = (x + y)?;
         let h = self.layer_norm(&x, &blk.ln_2)?.reshape((b * t, e))?;
-        let m = linear(&h, &blk.c_fc_w, &blk.c_fc_b)?;
         let m = match self.cfg.activation {
-            Activation::GeluTanh => m.gelu()?,
-            Activation::GeluErf => m.gelu_erf()?,
+            Activation::GeluTanh if fast => {
+                crate::cpu_kernels::bias_gelu_inplace(h.matmul(&blk.c_fc_w)?, &blk.c_fc_b)?
+            }
+            Activation::GeluTanh => linear(&h, &blk.c_fc_w, &blk.c_fc_b)?.gelu()?,
+            Activation::GeluErf => linear(&h, &blk.c_fc_w, &blk.c_fc_b)?.gelu_erf()?,
         };
         let m = linear(&m, &blk.mlp_proj_w, &blk.mlp_proj_b)?.reshape((b, t, e))?;
         Ok((x + m)?)
@@ -319,6 +339,7 @@ impl Gpt2 {
             ln_f,
             lm_head,
             differentiable: false,
+            reference_ops: false,
         })
     }
 
@@ -368,6 +389,7 @@ impl Gpt2 {
         };
         let mut m = Gpt2::from_named(self.cfg.clone(), self.ids, &mut get, self.lm_head.is_some())?;
         m.differentiable = self.differentiable;
+        m.reference_ops = self.reference_ops;
         Ok(m)
     }
 }

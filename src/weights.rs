@@ -398,6 +398,13 @@ fn resolve_config(hf: &HfConfig, layout: Layout, st: &SafeTensors) -> Result<Mod
         }
     }
     cfg.validate()?;
+    // A config may not promise more layers than the file holds (checked before anything is
+    // sized from n_layer).
+    if cfg.n_layer > inferred_layers {
+        return Err(Error::MissingTensor(
+            layout.file_name(&format!("h.{inferred_layers}.ln_1.weight")),
+        ));
+    }
     Ok(cfg)
 }
 

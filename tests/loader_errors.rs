@@ -449,7 +449,11 @@ fn duplicate_tensor_name_in_header() {
     let entries = tiny_entries();
     let (h, mut data) = header_and_data(&entries);
     // Repeat ln_f.bias as a second key pointing at 32 more bytes at the end.
-    let dup = find(&mut entries.clone(), "denoise_model.ln_f.bias").clone();
+    let dup = entries
+        .iter()
+        .find(|e| e.name == "denoise_model.ln_f.bias")
+        .unwrap()
+        .clone();
     let start = data.len();
     data.extend_from_slice(&dup.data);
     let header = format!(
@@ -907,19 +911,59 @@ fn config_absurd_sizes_refused_before_allocating() {
 
 #[test]
 fn config_sizes_that_overflow_the_parameter_count() {
-    // Every field at the per-field cap (2^24): the product overflows u64, which must still be a
-    // Config error (not a panic in debug builds, nor a wrapped small count in release builds).
-    let mut v: serde_json::Value = serde_json::from_str(&tiny_config_json()).unwrap();
-    for k in ["n_layer", "n_embd", "n_inner", "n_positions"] {
-        v[k] = (1u64 << 24).into();
+    // Sizes within the per-field cap (2^24) whose parameter count overflows u64 must still be a
+    // Config error: not a panic in debug builds, nor a wrapped small count in release builds.
+    // The second case wraps to exactly 6_076_080 parameters with u64 wrapping arithmetic.
+    let cases: [[(&str, u64); 4]; 2] = [
+        [
+            ("n_layer", 1 << 24),
+            ("n_embd", 1 << 24),
+            ("n_inner", 1 << 24),
+            ("n_positions", 1 << 24),
+        ],
+        [
+            ("n_layer", 1 << 24),
+            ("n_embd", 104_760),
+            ("n_inner", 5_038_216),
+            ("n_positions", 16),
+        ],
+    ];
+    for case in cases {
+        let mut v: serde_json::Value = serde_json::from_str(&tiny_config_json()).unwrap();
+        for (k, x) in case {
+            v[k] = x.into();
+        }
+        v["n_head"] = 1.into();
+        let c = v.to_string();
+        let t = Instant::now();
+        let r = std::panic::catch_unwind(|| config_err(&c));
+        let m = r.unwrap_or_else(|_| panic!("loading {c} panicked instead of returning Config"));
+        assert!(m.contains("refusing to allocate"), "{c}: {m}");
+        assert!(t.elapsed() < Duration::from_secs(1));
+
+        // The same through ModelConfig::validate directly.
+        let cfg = ModelConfig {
+            n_layer: case[0].1 as usize,
+            n_head: 1,
+            n_embd: case[1].1 as usize,
+            n_inner: case[2].1 as usize,
+            n_positions: case[3].1 as usize,
+            ..tiny_cfg()
+        };
+        let r = std::panic::catch_unwind(|| cfg.validate());
+        assert!(
+            matches!(r, Ok(Err(Error::Config(ref m))) if m.contains("refusing")),
+            "{cfg:?}: {r:?}"
+        );
     }
-    v["n_head"] = 1.into();
-    let c = v.to_string();
-    let t = Instant::now();
-    let r = std::panic::catch_unwind(|| config_err(&c));
-    let m = r.unwrap_or_else(|_| panic!("loading {c} panicked instead of returning Config"));
-    assert!(m.contains("refusing to allocate"), "{m}");
-    assert!(t.elapsed() < Duration::from_secs(1));
+}
+
+#[test]
+fn special_ids_for_empty_vocab_is_an_error() {
+    let r = std::panic::catch_unwind(|| {
+        SpecialIds::resolve(0, &HfConfig::default(), &SpecialIdOverrides::default())
+    });
+    assert!(matches!(r, Ok(Err(Error::Config(_)))), "{r:?}");
 }
 
 #[test]
