@@ -181,6 +181,127 @@ pub fn bias_gelu_inplace(x: Tensor, bias: &Tensor) -> Result<Tensor> {
     Ok(x)
 }
 
+/// A raw output pointer shared by tasks that write disjoint columns.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: every task writes a disjoint set of columns (its own head) of the output.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// A method (not a field access) so closures capture the whole `Send` wrapper.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Multi-head self-attention straight from the fused QKV projection.
+///
+/// `qkv` is `[batch * t, 3 * n_embd]` (q | k | v, heads contiguous inside each, as GPT-2's
+/// `c_attn` produces it); returns `[batch * t, n_embd]` with heads already merged. One task per
+/// (sequence, head) runs two single-threaded GEMMs on strided views, so no q/k/v copies, no
+/// transposes and no `[heads, t, t]` score tensor are materialised; `causal` restricts row i to
+/// keys <= i. Requires a contiguous f32 CPU tensor.
+pub fn fused_attention(
+    qkv: &Tensor,
+    batch: usize,
+    t: usize,
+    n_head: usize,
+    causal: bool,
+) -> Result<Tensor> {
+    let (rows, three_e) = qkv.dims2()?;
+    let e = three_e / 3;
+    if rows != batch * t || three_e % 3 != 0 || n_head == 0 || e % n_head != 0 {
+        return Err(candle_core::Error::Msg(format!(
+            "fused attention: qkv {:?} does not match batch {batch} x t {t}, {n_head} heads",
+            qkv.dims()
+        ))
+        .into());
+    }
+    let d = e / n_head;
+    let (storage, layout) = qkv.storage_and_layout();
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("fused attention: qkv must be contiguous".into()))?;
+    let src: &[f32] = match &*storage {
+        candle_core::Storage::Cpu(CpuStorage::F32(v)) => &v[start..end],
+        _ => {
+            return Err(
+                candle_core::Error::Msg("fused attention: needs f32 on the CPU".into()).into(),
+            )
+        }
+    };
+    let mut out = vec![0f32; rows * e];
+    let out_ptr = OutPtr(out.as_mut_ptr());
+    let scale = 1.0 / (d as f32).sqrt();
+    (0..batch * n_head).into_par_iter().for_each(|task| {
+        let (bi, h) = (task / n_head, task % n_head);
+        let base = src[bi * t * three_e..].as_ptr();
+        let mut scores = vec![0f32; t * t];
+        // SAFETY: all offsets stay inside `src` (t rows of 3e from the sequence start) and
+        // `out` (t rows of e); strides are in elements; each task writes only its head's
+        // d columns of its own sequence's rows.
+        unsafe {
+            // scores[i, j] = q_i . k_j
+            gemm::gemm(
+                t,
+                t,
+                d,
+                scores.as_mut_ptr(),
+                1,
+                t as isize,
+                false,
+                base.add(h * d),
+                1,
+                three_e as isize,
+                base.add(e + h * d),
+                three_e as isize,
+                1,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+        for (i, row) in scores.chunks_exact_mut(t).enumerate() {
+            if causal {
+                softmax_row(&mut row[..=i], scale);
+                row[i + 1..].fill(0.0);
+            } else {
+                softmax_row(row, scale);
+            }
+        }
+        unsafe {
+            // out[:, head] = P @ v
+            gemm::gemm(
+                t,
+                d,
+                t,
+                out_ptr.get().add(bi * t * e + h * d),
+                1,
+                e as isize,
+                false,
+                scores.as_ptr(),
+                1,
+                t as isize,
+                base.add(2 * e + h * d),
+                1,
+                three_e as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    });
+    drop(storage);
+    Ok(Tensor::from_vec(out, (rows, e), qkv.device())?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,6 +354,50 @@ mod tests {
         let got: Vec<Vec<f32>> = scaled_softmax_inplace(x, 1.0).unwrap().to_vec2().unwrap();
         assert_eq!(got[0][1], 0.0);
         assert!((got[0][0] + got[0][2] - 1.0).abs() < 1e-6);
+        // Fused attention against plain candle ops, both masks, two sequences.
+        let (b, t, nh, hd) = (2, 37, 3, 8);
+        let e = nh * hd;
+        let qkv = Tensor::randn(0f32, 1.0, (b * t, 3 * e), &d).unwrap();
+        for causal in [false, true] {
+            let got = fused_attention(&qkv, b, t, nh, causal).unwrap();
+            let p = qkv
+                .reshape((b, t, 3, nh, hd))
+                .unwrap()
+                .permute((2, 0, 3, 1, 4))
+                .unwrap();
+            let (q, k, v) = (p.get(0).unwrap(), p.get(1).unwrap(), p.get(2).unwrap());
+            let mut att = (q
+                .contiguous()
+                .unwrap()
+                .matmul(&k.contiguous().unwrap().t().unwrap())
+                .unwrap()
+                / (hd as f64).sqrt())
+            .unwrap();
+            if causal {
+                let m: Vec<f32> = (0..t * t)
+                    .map(|x| {
+                        if x % t > x / t {
+                            f32::NEG_INFINITY
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect();
+                att = att
+                    .broadcast_add(&Tensor::from_vec(m, (t, t), &d).unwrap())
+                    .unwrap();
+            }
+            let att = candle_nn::ops::softmax_last_dim(&att).unwrap();
+            let want = att
+                .matmul(&v.contiguous().unwrap())
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .reshape((b * t, e))
+                .unwrap();
+            assert!(max_rel(&got, &want) < 1e-5, "attention causal={causal}");
+        }
+        assert!(fused_attention(&qkv, b, t + 1, nh, false).is_err());
         // Wrong dtype / non-contiguous inputs are errors, not panics.
         let x = Tensor::zeros((2, 3), candle_core::DType::F64, &d).unwrap();
         assert!(scaled_softmax_inplace(x, 1.0).is_err());

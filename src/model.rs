@@ -193,9 +193,17 @@ impl Gpt2 {
         let (b, t, e) = x.dims3()?;
         let (nh, hd) = (self.cfg.n_head, self.cfg.head_dim());
         let h = self.layer_norm(x, &blk.ln_1)?.reshape((b * t, e))?;
-        let qkv = linear(&h, &blk.c_attn_w, &blk.c_attn_b)?
-            .reshape((b, t, 3, nh, hd))?
-            .permute((2, 0, 3, 1, 4))?; // [3, b, nh, t, hd]
+        let qkv = linear(&h, &blk.c_attn_w, &blk.c_attn_b)?;
+        let fused_mask = match mask {
+            AttnMask::Bidirectional => Some(false),
+            AttnMask::Causal => Some(true),
+            AttnMask::Bias(_) => None,
+        };
+        if let (true, None, Some(causal)) = (self.fast_cpu(), &cache, fused_mask) {
+            let y = crate::cpu_kernels::fused_attention(&qkv, b, t, nh, causal)?;
+            return self.block_tail(blk, x, &y);
+        }
+        let qkv = qkv.reshape((b, t, 3, nh, hd))?.permute((2, 0, 3, 1, 4))?; // [3, b, nh, t, hd]
         let q = qkv.get(0)?.contiguous()?;
         let mut k = qkv.get(1)?.contiguous()?;
         let mut v = qkv.get(2)?.contiguous()?;
@@ -227,7 +235,14 @@ impl Gpt2 {
             candle_nn::ops::softmax_last_dim(&att)?
         };
         let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b * t, e))?;
-        let y = linear(&y, &blk.attn_proj_w, &blk.attn_proj_b)?.reshape((b, t, e))?;
+        self.block_tail(blk, x, &y)
+    }
+
+    /// Attention output projection, residual, MLP, residual. `y` is `[b * t, e]`.
+    fn block_tail(&self, blk: &Block, x: &Tensor, y: &Tensor) -> Result<Tensor> {
+        let (b, t, e) = x.dims3()?;
+        let fast = self.fast_cpu();
+        let y = linear(y, &blk.attn_proj_w, &blk.attn_proj_b)?.reshape((b, t, e))?;
         let x = (x + y)?;
         let h = self.layer_norm(&x, &blk.ln_2)?.reshape((b * t, e))?;
         let m = match self.cfg.activation {
