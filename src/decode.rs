@@ -316,6 +316,7 @@ impl<'m> Session<'m> {
                 .collect();
             let reveal: Vec<(usize, RowChoice)> = match params.strategy {
                 Strategy::RandomKeep => {
+                    let remaining = remaining.max(1);
                     let p = 1.0 / remaining as f64;
                     let chosen: Vec<usize> = masked
                         .iter()
@@ -343,7 +344,7 @@ impl<'m> Session<'m> {
             }
             let revealed: Vec<u32> = reveal.iter().map(|(_, c)| c.token).collect();
             sampler.mark_seen(&revealed);
-            remaining = remaining.saturating_sub(1).max(1);
+            remaining = remaining.saturating_sub(1);
 
             if let LengthMode::EosFirst { grow: true, .. } = params.length {
                 let last = *canvas.last().expect("canvas is never empty");

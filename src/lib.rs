@@ -17,6 +17,8 @@ pub mod config;
 pub mod cpu_kernels;
 pub mod decode;
 pub mod error;
+#[allow(non_camel_case_types)]
+pub mod ffi;
 pub mod length;
 pub mod model;
 pub mod rng;

@@ -184,8 +184,10 @@ fn underestimated_length_grows_the_canvas_back() {
 fn confidence_schedule_reveals_evenly_and_callback_sees_it() {
     let m = oracle_model(&answer_targets(EOS), None);
     let mut masked = Vec::new();
+    let mut totals = Vec::new();
     let mut cb = |i: &StepInfo| {
         masked.push(i.masked);
+        totals.push((i.step, i.total_steps));
         assert_eq!(i.canvas.len(), 8);
         true
     };
@@ -193,6 +195,7 @@ fn confidence_schedule_reveals_evenly_and_callback_sees_it() {
         .generate(&PROMPT, &params(8, 4, LengthMode::Fixed), Some(&mut cb))
         .unwrap();
     assert_eq!(masked, vec![6, 4, 2, 0]);
+    assert_eq!(totals, vec![(1, 4), (2, 4), (3, 4), (4, 4)]);
     assert_eq!(g.stats.steps, 4);
 }
 
