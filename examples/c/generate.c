@@ -1,5 +1,5 @@
 /* Generate text with EoS-first decoding through the diffugpt C API and print the statistics.
- * Usage: generate [MODEL_DIR] [PROMPT] */
+ * Usage: generate [MODEL_DIR] [PROMPT] [CANVAS_LEN] */
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -16,6 +16,11 @@ static bool on_step(uint32_t step, uint32_t total, const uint32_t *canvas, size_
 int main(int argc, char **argv) {
     const char *path = argc > 1 ? argv[1] : "tests/fixtures/tiny-diffugpt";
     const char *prompt = argc > 2 ? argv[2] : "The meaning of life is";
+    const long canvas = argc > 3 ? strtol(argv[3], NULL, 10) : 32;
+    if (canvas <= 0 || canvas > 100000) {
+        fprintf(stderr, "bad canvas length\n");
+        return 1;
+    }
     printf("diffugpt %s (header %d.%d.%d)\n", dgpt_version(), DGPT_VERSION_MAJOR, DGPT_VERSION_MINOR,
            DGPT_VERSION_PATCH);
 
@@ -35,7 +40,7 @@ int main(int argc, char **argv) {
 
     unsigned calls = 0;
     dgpt_generate_params gp = dgpt_generate_default_params();
-    gp.canvas_len = 32;
+    gp.canvas_len = (uint32_t)canvas;
     gp.length_mode = DGPT_LENGTH_EOS_FIRST;
     gp.predictor = DGPT_PREDICTOR_QUANTILE;
     gp.predictor_value = 0.9f;
