@@ -1,0 +1,3 @@
+module github.com/diffugpt/diffugpt/bindings/go
+
+go 1.19
