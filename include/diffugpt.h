@@ -108,7 +108,8 @@ enum dgpt_status
   DGPT_ERR_PANIC = 11,
   // A params struct's `size` field is smaller than this library needs, or larger than it knows.
   DGPT_ERR_ABI = 12,
-  // The abort callback asked to stop before anything was generated.
+  // A callback asked to stop: the abort callback before anything was generated, or the load
+  // progress callback.
   DGPT_ERR_ABORTED = 13,
 };
 #ifndef __cplusplus
@@ -254,6 +255,10 @@ const char *dgpt_version(void);
 // Message of the last failed call on this thread ("" after a success). Valid until the next
 // call into the library on this thread; never free it.
 const char *dgpt_last_error(void);
+
+// Status of the last call on this thread (useful after functions that return a sentinel, such
+// as `dgpt_tokenize`'s `INT32_MIN`).
+dgpt_status dgpt_last_status(void);
 
 // A short static description of a status code ("unknown status" for unknown values).
 const char *dgpt_status_str(uint32_t status);

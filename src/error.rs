@@ -43,6 +43,8 @@ pub enum Error {
     Prompt(String),
     #[error("request needs {needed} bytes, over the memory limit of {limit} bytes")]
     MemoryLimit { needed: u64, limit: u64 },
+    #[error("cancelled: {0}")]
+    Cancelled(String),
     #[error("tensor backend error: {0}")]
     Backend(#[from] candle_core::Error),
 }

@@ -54,7 +54,8 @@ pub enum dgpt_status {
     DGPT_ERR_PANIC = 11,
     /// A params struct's `size` field is smaller than this library needs, or larger than it knows.
     DGPT_ERR_ABI = 12,
-    /// The abort callback asked to stop before anything was generated.
+    /// A callback asked to stop: the abort callback before anything was generated, or the load
+    /// progress callback.
     DGPT_ERR_ABORTED = 13,
 }
 
@@ -78,28 +79,31 @@ impl From<&Error> for dgpt_status {
             Error::Prompt(_) => DGPT_ERR_PROMPT,
             Error::MemoryLimit { .. } => DGPT_ERR_MEMORY,
             Error::Backend(_) => DGPT_ERR_BACKEND,
+            Error::Cancelled(_) => DGPT_ERR_ABORTED,
         }
     }
 }
 
 thread_local! {
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+    static LAST_STATUS: std::cell::Cell<dgpt_status> = const { std::cell::Cell::new(DGPT_OK) };
 }
 
-fn set_error(msg: impl Into<String>) {
+fn set_error(status: dgpt_status, msg: impl Into<String>) {
     let msg = msg.into().replace('\0', " ");
     LAST_ERROR.with(|e| *e.borrow_mut() = CString::new(msg).unwrap_or_default());
+    LAST_STATUS.with(|s| s.set(status));
 }
 
 /// Runs `f`, turning errors and panics into a status plus the thread's last-error message.
 fn guard(f: impl FnOnce() -> Result<(), (dgpt_status, String)>) -> dgpt_status {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(())) => {
-            set_error("");
+            set_error(DGPT_OK, "");
             DGPT_OK
         }
         Ok(Err((status, msg))) => {
-            set_error(msg);
+            set_error(status, msg);
             status
         }
         Err(p) => {
@@ -108,7 +112,7 @@ fn guard(f: impl FnOnce() -> Result<(), (dgpt_status, String)>) -> dgpt_status {
                 .map(|s| s.to_string())
                 .or_else(|| p.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
-            set_error(format!("internal error (panic): {msg}"));
+            set_error(DGPT_ERR_PANIC, format!("internal error (panic): {msg}"));
             DGPT_ERR_PANIC
         }
     }
@@ -172,6 +176,13 @@ pub extern "C" fn dgpt_version() -> *const c_char {
 #[no_mangle]
 pub extern "C" fn dgpt_last_error() -> *const c_char {
     LAST_ERROR.with(|e| e.borrow().as_ptr())
+}
+
+/// Status of the last call on this thread (useful after functions that return a sentinel, such
+/// as `dgpt_tokenize`'s `INT32_MIN`).
+#[no_mangle]
+pub extern "C" fn dgpt_last_status() -> dgpt_status {
+    LAST_STATUS.with(|s| s.get())
 }
 
 /// A short static description of a status code ("unknown status" for unknown values).
@@ -344,17 +355,18 @@ pub unsafe extern "C" fn dgpt_model_load(
                 "params->tokenizer_path",
             )?))
         };
-        let progress: Option<Box<dyn FnMut(usize, usize) + Send>> = match p.progress_callback {
-            Some(cb) => {
-                let ud = SendPtr(p.progress_user_data);
-                Some(Box::new(move |done, total| {
-                    let ud = &ud;
-                    // SAFETY: the caller's callback with the caller's user_data.
-                    unsafe { cb(done as f32 / total.max(1) as f32, ud.0) };
-                }))
-            }
-            None => None,
-        };
+        let progress: Option<Box<dyn FnMut(usize, usize) -> bool + Send>> =
+            match p.progress_callback {
+                Some(cb) => {
+                    let ud = SendPtr(p.progress_user_data);
+                    Some(Box::new(move |done, total| {
+                        let ud = &ud;
+                        // SAFETY: the caller's callback with the caller's user_data.
+                        unsafe { cb(done as f32 / total.max(1) as f32, ud.0) }
+                    }))
+                }
+                None => None,
+            };
         let opts = LoadOptions {
             special_ids: SpecialIdOverrides {
                 eos: id_override(p.eos_id, "eos_id")?,

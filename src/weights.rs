@@ -78,8 +78,9 @@ pub struct LoadOptions {
     pub special_ids: SpecialIdOverrides,
     /// Reject weights containing NaN or Inf (costs one pass over the weights).
     pub check_finite: bool,
-    /// Called with (tensors done, tensors total) while converting.
-    pub progress: Option<Box<dyn FnMut(usize, usize) + Send>>,
+    /// Called with (tensors done, tensors total) while converting; returning false cancels the
+    /// load with [`Error::Cancelled`].
+    pub progress: Option<Box<dyn FnMut(usize, usize) -> bool + Send>>,
     /// Compute dtype; `None` is f32 (the only one supported on the CPU).
     pub dtype: Option<DType>,
     /// tokenizer.json to use instead of the one next to the weights.
@@ -216,7 +217,11 @@ pub fn load_file(
         };
         done += 1;
         if let Some(p) = opts.progress.as_mut() {
-            p(done, total);
+            if !p(done, total) {
+                return Err(Error::Cancelled(format!(
+                    "loading stopped by the progress callback at tensor {done} of {total}"
+                )));
+            }
         }
         Ok(t)
     };

@@ -257,6 +257,29 @@ unsafe extern "C" fn abort_now(_ud: *mut c_void) -> bool {
     true
 }
 
+unsafe extern "C" fn stop_loading(progress: f32, ud: *mut c_void) -> bool {
+    *(ud as *mut f32) = progress;
+    progress < 0.5
+}
+
+#[test]
+fn progress_callback_reports_and_can_cancel_loading() {
+    unsafe {
+        let mut seen = 0f32;
+        let mut mp = dgpt_model_default_params();
+        mp.progress_callback = Some(stop_loading);
+        mp.progress_user_data = &mut seen as *mut f32 as *mut c_void;
+        let mut m = null_mut();
+        assert_eq!(
+            dgpt_model_load(FIXTURE.as_ptr() as _, &mp, &mut m),
+            DGPT_ERR_ABORTED
+        );
+        assert!(m.is_null());
+        assert_eq!(dgpt_last_status(), DGPT_ERR_ABORTED);
+        assert!((0.5..0.6).contains(&seen), "{seen}");
+    }
+}
+
 #[test]
 fn generation_with_callbacks_stats_and_abort() {
     unsafe {

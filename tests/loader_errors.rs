@@ -1253,7 +1253,10 @@ fn progress_reports_every_tensor() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let s = seen.clone();
     let opts = LoadOptions {
-        progress: Some(Box::new(move |d, t| s.lock().unwrap().push((d, t)))),
+        progress: Some(Box::new(move |d, t| {
+            s.lock().unwrap().push((d, t));
+            true
+        })),
         ..Default::default()
     };
     weights::load(dir.path(), opts).unwrap();

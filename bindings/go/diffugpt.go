@@ -285,10 +285,9 @@ func (m *Model) Info() (Info, error) {
 }
 
 // sentinelError turns the INT32_MIN error return of dgpt_tokenize/dgpt_detokenize into an
-// *Error. Those functions return no status, so the binding checks what it can before the call
-// (NUL bytes, UTF-8, ids outside the vocabulary) and reports the rest as StatusTokenizer.
+// *Error with the status dgpt_last_status() reports for this thread.
 func sentinelError() error {
-	return lastError(StatusTokenizer)
+	return lastError(Status(C.dgpt_last_status()))
 }
 
 func clampCap(n int) int {

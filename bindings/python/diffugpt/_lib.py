@@ -198,6 +198,7 @@ dgpt_status = c_uint32  # a uint32_t before C23
 _SIGNATURES: Dict[str, Tuple[object, List[object]]] = {
     "dgpt_version": (c_char_p, []),
     "dgpt_last_error": (c_char_p, []),
+    "dgpt_last_status": (dgpt_status, []),
     "dgpt_status_str": (c_char_p, [c_uint32]),
     "dgpt_model_default_params": (dgpt_model_params, []),
     "dgpt_model_load": (
