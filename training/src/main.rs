@@ -1,3 +1,76 @@
+//! `diffugpt-train`: prepare data, train (ARM, diffusion, pad and mask-EoS fine-tuning), resume.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use diffugpt_training::config::TrainConfig;
+use diffugpt_training::prepare::{prepare, PrepareArgs};
+use diffugpt_training::train::train;
+
+#[derive(Parser)]
+#[command(
+    name = "diffugpt-train",
+    version,
+    about = "Train DiffuGPT models to end their output"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Tokenise a corpus into train/val/test token files (see `data` for the format).
+    Prepare(PrepareArgs),
+    /// Train from a JSON config (copied into the run directory).
+    Train {
+        config: PathBuf,
+        /// Continue from the run's latest checkpoint (exactly: same batches, same losses).
+        #[arg(long)]
+        resume: bool,
+        /// Stop (with a checkpoint) after this many optimizer steps in total.
+        #[arg(long)]
+        stop_after: Option<usize>,
+    },
+    /// Plot a run's metrics.jsonl to PNG (loss.png, lr.png, eos.png).
+    Plot {
+        run_dir: PathBuf,
+        /// Output directory (default: the run directory)
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
 fn main() {
-    println!("diffugpt-train: not yet implemented");
+    if let Err(e) = run() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Prepare(a) => {
+            let summary = prepare(&a.into())?;
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+        }
+        Cmd::Train {
+            config,
+            resume,
+            stop_after,
+        } => {
+            let cfg = TrainConfig::load(&config)?;
+            let losses = train(&cfg, Some(&config), resume, stop_after)?;
+            if let (Some(first), Some(last)) = (losses.first(), losses.last()) {
+                eprintln!("loss {first:.4} -> {last:.4} over {} steps", losses.len());
+            }
+        }
+        Cmd::Plot { run_dir, out } => {
+            for p in diffugpt_training::plot::plot_metrics(&run_dir, out.as_deref())? {
+                println!("{}", p.display());
+            }
+        }
+    }
+    Ok(())
 }

@@ -1,0 +1,270 @@
+//! End to end on a small fixture corpus: prepare -> ARM training from scratch -> diffusion
+//! adaptation -> eospad fine-tuning (vocabulary extension) -> mask-EoS fine-tuning, each for a few
+//! steps with a falling validation loss; exact resume; the final model loads in the core and
+//! generates; a killed checkpoint write never corrupts `latest`.
+
+use std::path::{Path, PathBuf};
+
+use diffugpt::{GenerateParams, LoadOptions, Model};
+use diffugpt_training::config::{Diffusion, Init, Optim, Pipeline, TrainConfig};
+use diffugpt_training::data::Kind;
+use diffugpt_training::dataset::Dataset;
+use diffugpt_training::prepare::{prepare, PadVariant, PrepareOptions, Splitter};
+use diffugpt_training::train::{evaluate, train};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn prep(out: &Path, kind: Kind, variant: PadVariant) -> PathBuf {
+    let mut o = PrepareOptions::new(
+        root().join("training/tests/fixtures/corpus/fortunes.txt"),
+        root().join("tests/fixtures/tiny-diffugpt/tokenizer.json"),
+        out.to_path_buf(),
+    );
+    o.splitter = Splitter::Percent;
+    o.kind = kind;
+    o.variant = variant;
+    o.block_len = 64;
+    o.val_frac = 0.1;
+    o.test_frac = 0.05;
+    prepare(&o).unwrap();
+    out.to_path_buf()
+}
+
+fn config(pipeline: Pipeline, init: Init, data: &Path, out: &Path, steps: usize) -> TrainConfig {
+    TrainConfig {
+        pipeline,
+        init,
+        train_data: data.join("train"),
+        val_data: Some(data.join("val")),
+        seq_len: 48,
+        batch_size: 4,
+        grad_accum: 2,
+        steps,
+        optim: Optim {
+            max_lr: 5e-3,
+            betas: (0.9, 0.95),
+            eps: 1e-8,
+            weight_decay: 0.01,
+            warmup_frac: 0.2,
+            div_factor: 10.0,
+            final_div_factor: 10.0,
+            grad_clip: 1.0,
+        },
+        diffusion: Diffusion {
+            attn_anneal_steps: steps / 2,
+            pad_anneal_steps: steps / 2,
+            ..Default::default()
+        },
+        log_every: 1,
+        eval_every: 0,
+        eval_batches: 2,
+        save_every: 0,
+        keep_last: 2,
+        seed: 3,
+        out_dir: out.to_path_buf(),
+    }
+}
+
+/// Validation loss of the model a config starts from vs the model it produced.
+fn val_loss_before_after(cfg: &TrainConfig) -> (f64, f64) {
+    let data = Dataset::open(cfg.val_data.as_ref().unwrap(), cfg.pipeline).unwrap();
+    let before = {
+        let d = Dataset::open(&cfg.train_data, cfg.pipeline).unwrap();
+        let m = diffugpt_training::train::initial_model(cfg, d.pad_id(), d.vocab_size()).unwrap();
+        let t = diffugpt_training::train::make_trainable(&m, cfg).unwrap();
+        evaluate(&t.model, cfg.pipeline, &data, cfg, cfg.steps)
+            .unwrap()
+            .val_loss
+    };
+    let (m, _) =
+        diffugpt::weights::load(&cfg.out_dir.join("final"), LoadOptions::default()).unwrap();
+    let after = evaluate(&m, cfg.pipeline, &data, cfg, cfg.steps)
+        .unwrap()
+        .val_loss;
+    (before, after)
+}
+
+#[test]
+fn prepare_arm_diffusion_eospad_maskeos_then_generate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let stream = prep(&t.join("stream"), Kind::Stream, PadVariant::EosEos);
+    let padded = prep(&t.join("eospad"), Kind::Padded, PadVariant::EosPad);
+    let maskeos = prep(&t.join("maskeos"), Kind::MaskEos, PadVariant::EosPad);
+
+    let scratch = Init::Scratch {
+        n_layer: 2,
+        n_head: 2,
+        n_embd: 32,
+        n_positions: 64,
+    };
+    let arm = config(Pipeline::Arm, scratch, &stream, &t.join("arm"), 8);
+    let losses = train(&arm, None, false, None).unwrap();
+    assert_eq!(losses.len(), 8);
+    let (b, a) = val_loss_before_after(&arm);
+    assert!(a < b, "ARM val loss {b} -> {a}");
+    // Metrics were logged every step and plot to readable PNGs.
+    let lines = std::fs::read_to_string(arm.out_dir.join("metrics.jsonl")).unwrap();
+    assert_eq!(lines.lines().filter(|l| l.contains("\"loss\"")).count(), 8);
+    let pngs = diffugpt_training::plot::plot_metrics(&arm.out_dir, None).unwrap();
+    assert_eq!(pngs.len(), 2);
+    for p in pngs {
+        let bytes = std::fs::read(&p).unwrap();
+        assert!(
+            bytes.starts_with(b"\x89PNG") && bytes.len() > 10_000,
+            "{}",
+            p.display()
+        );
+    }
+
+    let from = |c: &TrainConfig| Init::Checkpoint {
+        path: c.out_dir.join("final"),
+    };
+    let diff = config(Pipeline::Diffusion, from(&arm), &stream, &t.join("diff"), 8);
+    train(&diff, None, false, None).unwrap();
+    let (b, a) = val_loss_before_after(&diff);
+    assert!(a < b, "diffusion val loss {b} -> {a}");
+
+    let pad = config(Pipeline::Diffusion, from(&diff), &padded, &t.join("pad"), 8);
+    train(&pad, None, false, None).unwrap();
+    let (b, a) = val_loss_before_after(&pad);
+    assert!(a < b, "eospad val loss {b} -> {a}");
+
+    let me = config(
+        Pipeline::MaskEos,
+        from(&pad),
+        &maskeos,
+        &t.join("maskeos-run"),
+        8,
+    );
+    train(&me, None, false, None).unwrap();
+    let (b, a) = val_loss_before_after(&me);
+    assert!(a < b, "mask-eos val loss {b} -> {a}");
+
+    // The final model: vocabulary extended with pad 50257, loads in the core and generates.
+    let dir = me.out_dir.join("final");
+    std::fs::copy(
+        root().join("tests/fixtures/tiny-diffugpt/tokenizer.json"),
+        dir.join("tokenizer.json"),
+    )
+    .unwrap();
+    let model = Model::load(&dir, LoadOptions::default()).unwrap();
+    assert_eq!(model.gpt.cfg.vocab_size, 50258);
+    assert_eq!(model.gpt.ids.pad, Some(50257));
+    assert_eq!(model.gpt.ids.mask, 10541);
+    let out = model
+        .generate_text(
+            "A fortune",
+            &GenerateParams {
+                canvas_len: 16,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert!(out.generation.stats.forward_passes >= 1);
+}
+
+#[test]
+fn resume_is_exact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let padded = prep(&tmp.path().join("d"), Kind::Padded, PadVariant::EosEos);
+    let scratch = Init::Scratch {
+        n_layer: 1,
+        n_head: 2,
+        n_embd: 16,
+        n_positions: 64,
+    };
+    let straight = config(
+        Pipeline::Diffusion,
+        scratch.clone(),
+        &padded,
+        &tmp.path().join("a"),
+        6,
+    );
+    let all = train(&straight, None, false, None).unwrap();
+    let split = config(
+        Pipeline::Diffusion,
+        scratch,
+        &padded,
+        &tmp.path().join("b"),
+        6,
+    );
+    let first = train(&split, None, false, Some(3)).unwrap();
+    let rest = train(&split, None, true, None).unwrap();
+    assert_eq!(first.len(), 3);
+    assert_eq!(
+        [first, rest].concat(),
+        all,
+        "losses after resume must be identical"
+    );
+    let load = |c: &TrainConfig| {
+        candle_core::safetensors::load(
+            c.out_dir.join("final/model.safetensors"),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap()
+    };
+    let (a, b) = (load(&straight), load(&split));
+    assert_eq!(a.len(), b.len());
+    for (name, ta) in &a {
+        let va: Vec<f32> = ta.flatten_all().unwrap().to_vec1().unwrap();
+        let vb: Vec<f32> = b[name].flatten_all().unwrap().to_vec1().unwrap();
+        assert!(va == vb, "final weights differ in {name}");
+    }
+}
+
+#[test]
+fn killed_checkpoint_writes_never_corrupt_latest() {
+    use std::process::Command;
+    use std::time::Duration;
+    let tmp = tempfile::tempdir().unwrap();
+    let padded = prep(&tmp.path().join("d"), Kind::Padded, PadVariant::EosEos);
+    let scratch = Init::Scratch {
+        n_layer: 1,
+        n_head: 2,
+        n_embd: 16,
+        n_positions: 64,
+    };
+    let mut cfg = config(
+        Pipeline::Diffusion,
+        scratch,
+        &padded,
+        &tmp.path().join("run"),
+        400,
+    );
+    cfg.save_every = 1;
+    cfg.val_data = None;
+    let cfg_path = tmp.path().join("cfg.json");
+    std::fs::write(&cfg_path, serde_json::to_vec(&cfg).unwrap()).unwrap();
+    let bin = env!("CARGO_BIN_EXE_diffugpt-train");
+    let mut rng = diffugpt::rng::Rng::new(9);
+    let ckpts = cfg.out_dir.join("checkpoints");
+    for round in 0..3 {
+        let mut cmd = Command::new(bin);
+        cmd.args(["train"])
+            .arg(&cfg_path)
+            .stderr(std::process::Stdio::null());
+        if round > 0 {
+            cmd.arg("--resume");
+        }
+        let mut child = cmd.spawn().unwrap();
+        // Let it write a few checkpoints, then SIGKILL at a random moment.
+        std::thread::sleep(Duration::from_millis(2500 + rng.below(1500)));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let latest = diffugpt_training::checkpoint::latest(&ckpts)
+            .unwrap()
+            .expect("a checkpoint exists");
+        let (m, _) =
+            diffugpt::weights::load(&latest, LoadOptions::default()).expect("latest loads");
+        assert_eq!(m.cfg.n_layer, 1);
+        let st: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(latest.join("state.json")).unwrap()).unwrap();
+        assert!(st["step"].as_u64().unwrap() >= 1);
+    }
+}
