@@ -268,3 +268,31 @@ fn killed_checkpoint_writes_never_corrupt_latest() {
         assert!(st["step"].as_u64().unwrap() >= 1);
     }
 }
+
+#[test]
+fn example_configs_parse_and_unknown_fields_are_rejected() {
+    let dir = root().join("training/configs");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "json") {
+            TrainConfig::load(&p).unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
+            n += 1;
+        }
+    }
+    assert_eq!(n, 4);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("arm.json")).unwrap()).unwrap();
+    v["optim"]["max_lr_typo"] = 1.0.into();
+    let p = tmp.path().join("bad.json");
+    std::fs::write(&p, v.to_string()).unwrap();
+    let err = format!("{:#}", TrainConfig::load(&p).unwrap_err());
+    assert!(err.contains("unknown field `max_lr_typo`"), "{err}");
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("arm.json")).unwrap()).unwrap();
+    v["optim"]["betas"] = serde_json::json!([0.9, 1.5]);
+    std::fs::write(&p, v.to_string()).unwrap();
+    let err = format!("{:#}", TrainConfig::load(&p).unwrap_err());
+    assert!(err.contains("betas"), "{err}");
+}
