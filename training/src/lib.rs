@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod dataset;
+pub mod eval;
 pub mod optim;
 pub mod plot;
 pub mod prepare;
