@@ -33,6 +33,9 @@ enum Cmd {
         #[arg(long)]
         stop_after: Option<usize>,
     },
+    /// Evaluate a model (reports as JSON + Markdown + PNG in --out).
+    #[command(subcommand)]
+    Eval(EvalCmd),
     /// Plot a run's metrics.jsonl to PNG (loss.png, lr.png, eos.png).
     Plot {
         run_dir: PathBuf,
@@ -40,6 +43,12 @@ enum Cmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum EvalCmd {
+    /// Useful tokens/s of fixed-length vs EoS-first decoding on a dataset's prompts.
+    Throughput(diffugpt_training::eval::throughput::ThroughputArgs),
 }
 
 fn main() {
@@ -65,6 +74,14 @@ fn run() -> Result<()> {
             if let (Some(first), Some(last)) = (losses.first(), losses.last()) {
                 eprintln!("loss {first:.4} -> {last:.4} over {} steps", losses.len());
             }
+        }
+        Cmd::Eval(EvalCmd::Throughput(a)) => {
+            let r = diffugpt_training::eval::throughput::run(&a)?;
+            eprintln!(
+                "EoS-first speed-up: {:.2}x (report in {})",
+                r.speedup,
+                a.out.display()
+            );
         }
         Cmd::Plot { run_dir, out } => {
             for p in diffugpt_training::plot::plot_metrics(&run_dir, out.as_deref())? {

@@ -37,7 +37,11 @@ impl Environment {
 }
 
 /// Writes `value` as `out_dir/report.json` and `markdown` as `out_dir/report.md`.
-pub fn write_report<T: Serialize>(out_dir: &Path, value: &T, markdown: &str) -> Result<Vec<PathBuf>> {
+pub fn write_report<T: Serialize>(
+    out_dir: &Path,
+    value: &T,
+    markdown: &str,
+) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
     let json = out_dir.join("report.json");
     diffugpt::weights::write_atomic(&json, &serde_json::to_vec_pretty(value)?)?;
