@@ -54,6 +54,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+// Default working-memory limit of one request: 8 GiB.
+#define DEFAULT_MEMORY_LIMIT (8 << 30)
+
 // Canvas length policy (`dgpt_generate_params.length_mode`).
 #define DGPT_LENGTH_FIXED 0
 
@@ -224,6 +227,9 @@ typedef struct {
   void *step_user_data;
   dgpt_abort_callback abort_callback;
   void *abort_user_data;
+  // Refuse requests needing more working memory than this (bytes; 0 = the default, 8 GiB)
+  // with DGPT_ERR_MEMORY instead of risking an out-of-memory kill.
+  uint64_t memory_limit_bytes;
 } dgpt_generate_params;
 
 // Generation statistics.

@@ -86,7 +86,13 @@ pub struct GenerateParams {
     pub seed: u64,
     /// Never produce the mask id (DiffuGPT-S's mask is a real token, "------------").
     pub ban_mask: bool,
+    /// Refuse requests whose forward pass would need more working memory than this many bytes
+    /// (see [`Gpt2::forward_bytes`]); an error instead of an OOM kill.
+    pub memory_limit: u64,
 }
+
+/// Default working-memory limit of one request: 8 GiB.
+pub const DEFAULT_MEMORY_LIMIT: u64 = 8 << 30;
 
 impl Default for GenerateParams {
     fn default() -> Self {
@@ -103,6 +109,7 @@ impl Default for GenerateParams {
             },
             seed: 0,
             ban_mask: true,
+            memory_limit: DEFAULT_MEMORY_LIMIT,
         }
     }
 }
@@ -119,6 +126,13 @@ impl GenerateParams {
                 "BOS + {prompt_len} prompt tokens + canvas {} = {total} positions exceed the model's {} positions",
                 self.canvas_len, model.cfg.n_positions
             )));
+        }
+        let needed = model.forward_bytes(1, total);
+        if needed > self.memory_limit {
+            return Err(Error::MemoryLimit {
+                needed,
+                limit: self.memory_limit,
+            });
         }
         match self.steps {
             Steps::Fixed(0) => return Err(Error::Param("steps must be positive".into())),

@@ -530,6 +530,9 @@ pub struct dgpt_generate_params {
     pub step_user_data: *mut c_void,
     pub abort_callback: dgpt_abort_callback,
     pub abort_user_data: *mut c_void,
+    /// Refuse requests needing more working memory than this (bytes; 0 = the default, 8 GiB)
+    /// with DGPT_ERR_MEMORY instead of risking an out-of-memory kill.
+    pub memory_limit_bytes: u64,
 }
 
 /// Defaults: canvas 64, one step per token, confidence unmasking, greedy, EoS-first with the
@@ -560,6 +563,7 @@ pub extern "C" fn dgpt_generate_default_params() -> dgpt_generate_params {
         step_user_data: std::ptr::null_mut(),
         abort_callback: None,
         abort_user_data: std::ptr::null_mut(),
+        memory_limit_bytes: 0,
     }
 }
 
@@ -605,6 +609,11 @@ fn to_core_params(p: &dgpt_generate_params) -> FfiResult<GenerateParams> {
         length,
         seed: p.seed,
         ban_mask: p.ban_mask,
+        memory_limit: if p.memory_limit_bytes == 0 {
+            crate::decode::DEFAULT_MEMORY_LIMIT
+        } else {
+            p.memory_limit_bytes
+        },
     })
 }
 

@@ -269,6 +269,29 @@ impl Gpt2 {
         self.logits(&h)
     }
 
+    /// Estimated peak working memory (bytes, beyond the weights) of one forward over `batch`
+    /// sequences of `t` positions plus the decoder's logit chunks: activations (about 12 x n_embd
+    /// floats per position live at once), the attention scores (a `t x t` block per concurrent head
+    /// on the fused path, every head's on the reference path) and 32 rows of logits. Saturating.
+    pub fn forward_bytes(&self, batch: usize, t: usize) -> u64 {
+        let (b, t) = (batch as u64, t as u64);
+        let (e, h, v) = (
+            self.cfg.n_embd as u64,
+            self.cfg.n_head as u64,
+            self.cfg.vocab_size as u64,
+        );
+        let m = u64::saturating_mul;
+        let act = m(m(m(b, t), 12), e);
+        let heads = if self.fast_cpu() {
+            rayon::current_num_threads() as u64
+        } else {
+            m(b, h)
+        };
+        let scores = m(m(m(heads, t), t), 2);
+        let logits = m(m(32, v), 2);
+        m(act.saturating_add(scores).saturating_add(logits), 4)
+    }
+
     /// Number of parameters actually held (an untied head counts).
     pub fn param_count(&self) -> u64 {
         let head = self.lm_head.as_ref().map_or(0, |h| h.elem_count() as u64);

@@ -76,6 +76,7 @@ fn params(canvas: usize, steps: usize, length: LengthMode) -> GenerateParams {
         length,
         seed: 0,
         ban_mask: true,
+        memory_limit: diffugpt::decode::DEFAULT_MEMORY_LIMIT,
     }
 }
 

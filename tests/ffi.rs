@@ -144,7 +144,8 @@ fn null_and_invalid_arguments_return_statuses() {
             dgpt_generate(s, bad_utf8.as_ptr() as _, &p, &mut r),
             DGPT_ERR_UTF8
         );
-        let cases: [(Tweak, dgpt_status); 9] = [
+        let cases: [(Tweak, dgpt_status); 10] = [
+            (|p| p.memory_limit_bytes = 100, DGPT_ERR_MEMORY),
             (|p| p.size = 3, DGPT_ERR_ABI),
             (|p| p.size += 64, DGPT_ERR_ABI),
             (|p| p.strategy = 77, DGPT_ERR_INVALID_ARG),

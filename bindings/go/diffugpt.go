@@ -467,6 +467,7 @@ type GenerateParams struct {
 	MarginRatio       float32 // extra slots as a share of the predicted length (larger wins)
 	Grow              bool    // grow the canvas back when the answer is longer than predicted
 	BanMask           bool    // never produce the mask id
+	MemoryLimitBytes  uint64  // refuse requests needing more working memory (0 = library default)
 	Arm               bool    // causal (ARM) generation with a KV cache instead of diffusion
 
 	// OnStep is called after each step with a copy of the canvas (answer slots; masked slots
@@ -499,6 +500,7 @@ func DefaultGenerateParams() GenerateParams {
 		MarginRatio:       float32(c.margin_ratio),
 		Grow:              bool(c.grow),
 		BanMask:           bool(c.ban_mask),
+		MemoryLimitBytes:  uint64(c.memory_limit_bytes),
 		Arm:               bool(c.arm),
 	}
 }
@@ -524,6 +526,7 @@ func (p *GenerateParams) toC() C.dgpt_generate_params {
 	c.margin_ratio = C.float(p.MarginRatio)
 	c.grow = C.bool(p.Grow)
 	c.ban_mask = C.bool(p.BanMask)
+	c.memory_limit_bytes = C.uint64_t(p.MemoryLimitBytes)
 	c.arm = C.bool(p.Arm)
 	return c
 }

@@ -310,6 +310,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
             },
             seed: a.seed,
             ban_mask: !a.allow_mask,
+            memory_limit: diffugpt::decode::DEFAULT_MEMORY_LIMIT,
         };
         session.generate(&prompt, &params, cb)?
     };

@@ -81,7 +81,7 @@ _ENUMS: Dict[str, Dict[str, int]] = {
     "predictor": _PREDICTORS,
 }
 _UINT32 = ("canvas_len", "steps", "top_k", "oracle_len", "margin")
-_UINT64 = ("seed",)
+_UINT64 = ("seed", "memory_limit_bytes")
 _FLOAT = (
     "steps_per_token",
     "temperature",
@@ -504,6 +504,7 @@ class Model:
         grow: Optional[bool] = None,
         ban_mask: Optional[bool] = None,
         arm: Optional[bool] = None,
+        memory_limit_bytes: Optional[int] = None,
         on_step: Optional[StepCallback] = None,
         should_abort: Optional[AbortCallback] = None,
     ) -> Result:
@@ -530,6 +531,7 @@ class Model:
                     grow=grow,
                     ban_mask=ban_mask,
                     arm=arm,
+                    memory_limit_bytes=memory_limit_bytes,
                 ),
                 on_step,
                 should_abort,
@@ -613,6 +615,7 @@ class Session:
         grow: Optional[bool] = None,
         ban_mask: Optional[bool] = None,
         arm: Optional[bool] = None,
+        memory_limit_bytes: Optional[int] = None,
         on_step: Optional[StepCallback] = None,
         should_abort: Optional[AbortCallback] = None,
     ) -> Result:
@@ -652,6 +655,7 @@ class Session:
                 grow=grow,
                 ban_mask=ban_mask,
                 arm=arm,
+                memory_limit_bytes=memory_limit_bytes,
             ),
             on_step,
             should_abort,

@@ -170,6 +170,7 @@ class dgpt_generate_params(Structure):
         ("step_user_data", c_void_p),
         ("abort_callback", dgpt_abort_callback),
         ("abort_user_data", c_void_p),
+        ("memory_limit_bytes", c_uint64),
     ]
 
 

@@ -545,3 +545,9 @@ def test_threads_match_serial(model):
         results = list(ex.map(worker, range(4)))
     for res in results:
         assert res == serial
+
+
+def test_memory_limit_refuses_with_status(model):
+    with pytest.raises(diffugpt.DiffuGPTError) as e:
+        model.generate("Hello", canvas_len=8, memory_limit_bytes=100)
+    assert e.value.status == diffugpt.Status.MEMORY
