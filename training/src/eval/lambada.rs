@@ -260,6 +260,7 @@ pub fn protocol_params(n: usize, seed: u64) -> GenerateParams {
         length: LengthMode::Fixed,
         seed,
         ban_mask: true,
+        ..Default::default()
     }
 }
 

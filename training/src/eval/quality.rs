@@ -1260,6 +1260,7 @@ mod tests {
             length: LengthMode::Fixed,
             seed: 0,
             ban_mask: true,
+            ..Default::default()
         };
         let eos_first = LengthMode::EosFirst {
             predictor: LengthPredictor::ArgmaxFirst,
