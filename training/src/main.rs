@@ -47,6 +47,9 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum EvalCmd {
+    /// First-step end-of-text metrics by visible tokens (with --generate: fixed vs EoS-first
+    /// decoding end metrics).
+    Eos(diffugpt_training::eval::eos::EosEvalArgs),
     /// Useful tokens/s of fixed-length vs EoS-first decoding on a dataset's prompts.
     Throughput(diffugpt_training::eval::throughput::ThroughputArgs),
     /// LAMBADA in DiffuGPT's protocol, or a LAMBADA-style set built from held-out text.
@@ -103,6 +106,7 @@ fn run() -> Result<()> {
                 a.out.display()
             );
         }
+        Cmd::Eval(EvalCmd::Eos(a)) => diffugpt_training::eval::eos::run(&a)?,
         Cmd::Eval(EvalCmd::Lambada(a)) => diffugpt_training::eval::lambada::run(&a)?,
         Cmd::Eval(EvalCmd::Ppl(a)) => diffugpt_training::eval::quality::run_ppl(&a)?,
         Cmd::Eval(EvalCmd::Compare(a)) => diffugpt_training::eval::quality::run_compare(&a)?,

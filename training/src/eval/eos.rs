@@ -843,6 +843,7 @@ pub fn generation_metrics(
                 length: *length,
                 seed: opts.seed.wrapping_add(i as u64),
                 ban_mask: true,
+                ..GenerateParams::default()
             };
             let g = Session::new(model)
                 .generate(&case.visible, &params, None)
