@@ -280,7 +280,7 @@ fn example_configs_parse_and_unknown_fields_are_rejected() {
             n += 1;
         }
     }
-    assert_eq!(n, 4);
+    assert_eq!(n, 5);
     let tmp = tempfile::tempdir().unwrap();
     let mut v: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("arm.json")).unwrap()).unwrap();
