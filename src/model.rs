@@ -381,37 +381,50 @@ impl Gpt2 {
         })
     }
 
-    /// A randomly initialised model (GPT-2's init: N(0, 0.02), residual projections scaled by
-    /// 1/sqrt(2 n_layer), LayerNorm at identity). Deterministic in `seed`; used by tests, benchmarks
-    /// and training from scratch.
-    pub fn random(cfg: ModelConfig, ids: SpecialIds, seed: u64, device: &Device) -> Result<Self> {
+    /// Builds a model whose every tensor starts as zeros of its canonical shape and is then filled
+    /// by `fill(canonical_name, data)`. The one constructor behind random init and the hand-built
+    /// models with known outputs that tests use.
+    pub fn from_fill(
+        cfg: ModelConfig,
+        ids: SpecialIds,
+        untied_head: bool,
+        device: &Device,
+        mut fill: impl FnMut(&str, &mut [f32]),
+    ) -> Result<Self> {
         cfg.validate()?;
         ids.validate(cfg.vocab_size)?;
-        let mut rng = crate::rng::Rng::new(seed);
-        let resid = 0.02 / (2.0 * cfg.n_layer as f32).sqrt();
-        let shapes = canonical_shapes(&cfg, false);
+        let shapes = canonical_shapes(&cfg, untied_head);
         let mut make = |name: &str| -> Result<Tensor> {
             let shape = &shapes
                 .iter()
                 .find(|(n, _)| n == name)
                 .ok_or_else(|| Error::MissingTensor(name.to_string()))?
                 .1;
-            let n: usize = shape.iter().product();
-            let data: Vec<f32> = if name.contains("ln") && name.ends_with("weight") {
-                vec![1.0; n]
-            } else if name.ends_with("bias") {
-                vec![0.0; n]
-            } else {
+            let mut data = vec![0f32; shape.iter().product()];
+            fill(name, &mut data);
+            Ok(Tensor::from_vec(data, shape.as_slice(), device)?)
+        };
+        Gpt2::from_named(cfg, ids, &mut make, untied_head)
+    }
+
+    /// A randomly initialised model (GPT-2's init: N(0, 0.02), residual projections scaled by
+    /// 1/sqrt(2 n_layer), LayerNorm at identity). Deterministic in `seed`; used by tests, benchmarks
+    /// and training from scratch.
+    pub fn random(cfg: ModelConfig, ids: SpecialIds, seed: u64, device: &Device) -> Result<Self> {
+        let mut rng = crate::rng::Rng::new(seed);
+        let resid = 0.02 / (2.0 * cfg.n_layer as f32).sqrt();
+        Gpt2::from_fill(cfg, ids, false, device, |name, data| {
+            if name.contains("ln") && name.ends_with("weight") {
+                data.fill(1.0);
+            } else if !name.ends_with("bias") {
                 let std = if name.ends_with("c_proj.weight") {
                     resid
                 } else {
                     0.02
                 };
-                (0..n).map(|_| rng.normal() * std).collect()
-            };
-            Ok(Tensor::from_vec(data, shape.as_slice(), device)?)
-        };
-        Gpt2::from_named(cfg, ids, &mut make, false)
+                data.iter_mut().for_each(|v| *v = rng.normal() * std);
+            }
+        })
     }
 
     /// Converts every weight to `dtype` (e.g. BF16 on a GPU).

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use diffugpt::config::{ModelConfig, SpecialIds};
 use diffugpt::{
     ConfidenceKind, Error, GenerateParams, Gpt2, LengthMode, LengthPredictor, LoadOptions, Model,
@@ -34,24 +34,17 @@ fn oracle_model(targets: &[u32], pad: Option<u32>) -> Gpt2 {
         mask: MASK,
         pad,
     };
-    let shapes = diffugpt::model::canonical_shapes(&cfg, true);
-    let mut get = |name: &str| -> diffugpt::Result<Tensor> {
-        let shape = shapes.iter().find(|(n, _)| n == name).unwrap().1.clone();
-        let n: usize = shape.iter().product();
-        let mut data = vec![0f32; n];
-        match name {
-            "wpe.weight" => (0..E).for_each(|r| data[r * E + r] = 10.0),
-            "lm_head.weight" => {
-                for (r, &t) in targets.iter().enumerate() {
-                    data[t as usize * E + r] = 10.0;
-                }
+    Gpt2::from_fill(cfg, ids, true, &Device::Cpu, |name, data| match name {
+        "wpe.weight" => (0..E).for_each(|r| data[r * E + r] = 10.0),
+        "lm_head.weight" => {
+            for (r, &t) in targets.iter().enumerate() {
+                data[t as usize * E + r] = 10.0;
             }
-            n if n.contains("ln") && n.ends_with("weight") => data.fill(1.0),
-            _ => {}
         }
-        Ok(Tensor::from_vec(data, shape, &Device::Cpu)?)
-    };
-    Gpt2::from_named(cfg, ids, &mut get, true).unwrap()
+        n if n.contains("ln") && n.ends_with("weight") => data.fill(1.0),
+        _ => {}
+    })
+    .unwrap()
 }
 
 /// Prompt [1, 2, 3] -> prefix [EOS, 1, 2, 3]: canvas slot j is read from row 3 + j.

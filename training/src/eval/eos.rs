@@ -1774,27 +1774,20 @@ mod tests {
             pad: None,
         };
         let h = E as f32 / ((E - 1) as f32).sqrt();
-        let shapes = diffugpt::model::canonical_shapes(&cfg, true);
-        let mut get = |name: &str| -> diffugpt::Result<Tensor> {
-            let shape = shapes.iter().find(|(n, _)| n == name).unwrap().1.clone();
-            let n: usize = shape.iter().product();
-            let mut data = vec![0f32; n];
-            match name {
-                "wpe.weight" => (0..E).for_each(|r| data[r * E + r] = 10.0),
-                "ln_f.bias" => data.fill(1.0 / ((E - 1) as f32).sqrt()),
-                "lm_head.weight" => {
-                    for (r, row) in rows.iter().enumerate() {
-                        for &(t, logit) in row {
-                            data[t as usize * E + r] = logit / h;
-                        }
+        Gpt2::from_fill(cfg, ids, true, &Device::Cpu, |name, data| match name {
+            "wpe.weight" => (0..E).for_each(|r| data[r * E + r] = 10.0),
+            "ln_f.bias" => data.fill(1.0 / ((E - 1) as f32).sqrt()),
+            "lm_head.weight" => {
+                for (r, row) in rows.iter().enumerate() {
+                    for &(t, logit) in row {
+                        data[t as usize * E + r] = logit / h;
                     }
                 }
-                n if n.contains("ln") && n.ends_with("weight") => data.fill(1.0),
-                _ => {}
             }
-            Ok(Tensor::from_vec(data, shape, &Device::Cpu)?)
-        };
-        Gpt2::from_named(cfg, ids, &mut get, true).unwrap()
+            n if n.contains("ln") && n.ends_with("weight") => data.fill(1.0),
+            _ => {}
+        })
+        .unwrap()
     }
 
     /// Rows 0..=3: content 10 + r; row 4: content 14 with p_end 0.1; row 5: content 15 with

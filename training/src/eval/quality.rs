@@ -1018,7 +1018,7 @@ fn compare_markdown(r: &CompareReport) -> String {
 /// Hand-built models with known outputs, shared by the unit tests of `eval`.
 #[cfg(test)]
 pub(crate) mod test_models {
-    use candle_core::{Device, Tensor};
+    use candle_core::Device;
     use diffugpt::config::{ModelConfig, SpecialIds};
     use diffugpt::Gpt2;
 
@@ -1042,14 +1042,7 @@ pub(crate) mod test_models {
             mask: MASK,
             pad: None,
         };
-        let shapes = diffugpt::model::canonical_shapes(&cfg, untied);
-        let mut get = |name: &str| -> diffugpt::Result<Tensor> {
-            let shape = shapes.iter().find(|(n, _)| n == name).unwrap().1.clone();
-            let mut data = vec![0f32; shape.iter().product()];
-            fill(name, &mut data);
-            Ok(Tensor::from_vec(data, shape, &Device::Cpu)?)
-        };
-        Gpt2::from_named(cfg, ids, &mut get, untied).unwrap()
+        Gpt2::from_fill(cfg, ids, untied, &Device::Cpu, fill).unwrap()
     }
 
     /// Every weight zero: the hidden states and all logits are exactly 0, so every position
