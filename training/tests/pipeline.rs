@@ -244,29 +244,49 @@ fn killed_checkpoint_writes_never_corrupt_latest() {
     let bin = env!("CARGO_BIN_EXE_diffugpt-train");
     let mut rng = diffugpt::rng::Rng::new(9);
     let ckpts = cfg.out_dir.join("checkpoints");
-    for round in 0..3 {
+    let mut last_step = 0u64;
+    let mut kills_after_checkpoint = 0;
+    // 20 SIGKILLs at random moments: before the first checkpoint, while writing one, between.
+    for _ in 0..20 {
+        let have = diffugpt_training::checkpoint::latest(&ckpts)
+            .unwrap()
+            .is_some();
         let mut cmd = Command::new(bin);
         cmd.args(["train"])
             .arg(&cfg_path)
             .stderr(std::process::Stdio::null());
-        if round > 0 {
+        if have {
             cmd.arg("--resume");
         }
         let mut child = cmd.spawn().unwrap();
-        // Let it write a few checkpoints, then SIGKILL at a random moment.
-        std::thread::sleep(Duration::from_millis(2500 + rng.below(1500)));
+        std::thread::sleep(Duration::from_millis(300 + rng.below(2700)));
         child.kill().unwrap();
         child.wait().unwrap();
-        let latest = diffugpt_training::checkpoint::latest(&ckpts)
-            .unwrap()
-            .expect("a checkpoint exists");
+        let Some(latest) = diffugpt_training::checkpoint::latest(&ckpts).unwrap() else {
+            assert!(!have, "a checkpoint that existed disappeared");
+            continue;
+        };
+        kills_after_checkpoint += 1;
         let (m, _) =
             diffugpt::weights::load(&latest, LoadOptions::default()).expect("latest loads");
         assert_eq!(m.cfg.n_layer, 1);
         let st: serde_json::Value =
             serde_json::from_slice(&std::fs::read(latest.join("state.json")).unwrap()).unwrap();
-        assert!(st["step"].as_u64().unwrap() >= 1);
+        let step = st["step"].as_u64().unwrap();
+        assert!(
+            step >= last_step.max(1),
+            "latest went back from step {last_step} to {step}"
+        );
+        last_step = step;
     }
+    assert!(
+        kills_after_checkpoint >= 10,
+        "only {kills_after_checkpoint} kills hit a run with checkpoints"
+    );
+    assert!(
+        last_step > 3,
+        "training made no progress across resumes (step {last_step})"
+    );
 }
 
 #[test]
