@@ -1,5 +1,6 @@
 //! Text <-> token ids through any Hugging Face `tokenizer.json`.
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
 use crate::error::{Error, Result};
@@ -16,8 +17,10 @@ impl Tokenizer {
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        let inner = tokenizers::Tokenizer::from_bytes(bytes)
-            .map_err(|e| Error::Tokenizer(format!("malformed tokenizer.json: {e}")))?;
+        let inner = guarded("loading tokenizer.json", || {
+            tokenizers::Tokenizer::from_bytes(bytes)
+        })?
+        .map_err(|e| Error::Tokenizer(format!("malformed tokenizer.json: {e}")))?;
         Ok(Tokenizer { inner })
     }
 
@@ -39,9 +42,7 @@ impl Tokenizer {
 
     /// Encodes without adding special tokens (the canvas builder adds BOS itself).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode(text, false)
+        let enc = guarded("encoding", || self.inner.encode(text, false))?
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
     }
@@ -53,10 +54,20 @@ impl Tokenizer {
             .copied()
             .filter(|&i| self.inner.id_to_token(i).is_some())
             .collect();
-        self.inner
-            .decode(&known, skip_special)
+        guarded("decoding", || self.inner.decode(&known, skip_special))?
             .map_err(|e| Error::Tokenizer(e.to_string()))
     }
+}
+
+/// The `tokenizers` crate can panic on malformed-but-parseable files (found by fuzzing: a
+/// truncated decoder section); a tokenizer.json from the internet must not take the host down, so
+/// every call into it is guarded and a panic becomes `Error::Tokenizer`.
+fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Result<T> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|_| {
+        Error::Tokenizer(format!(
+            "the tokenizer failed while {what} (malformed tokenizer.json?)"
+        ))
+    })
 }
 
 impl std::fmt::Debug for Tokenizer {

@@ -364,11 +364,11 @@ fn resolve_config(hf: &HfConfig, layout: Layout, st: &SafeTensors) -> Result<Mod
     let n_layer = hf.n_layer.unwrap_or(inferred_layers);
     let n_inner = match hf.n_inner {
         Some(i) => i,
-        None if hf.n_embd.is_some() => 4 * n_embd,
+        None if hf.n_embd.is_some() => n_embd.saturating_mul(4),
         None => shape("h.0.mlp.c_fc.weight")
             .ok()
             .and_then(|s| s.get(1).copied())
-            .unwrap_or(4 * n_embd),
+            .unwrap_or(n_embd.saturating_mul(4)),
     };
     let n_head = match hf.n_head {
         Some(h) => h,
