@@ -338,9 +338,75 @@ struct LogLine {
     elapsed_s: f64,
 }
 
+/// Appends one JSONL line with a single `write_all` of the line and its `\n`: a kill between two
+/// writes would leave a line without its end, which the next line would then run into.
+fn append_line(w: &mut impl Write, json: &str) -> Result<()> {
+    let mut buf = Vec::with_capacity(json.len() + 1);
+    buf.extend_from_slice(json.as_bytes());
+    buf.push(b'\n');
+    w.write_all(&buf).context("appending to metrics.jsonl")?;
+    Ok(())
+}
+
+/// Makes `metrics.jsonl` describe exactly the run being continued from `step` (0 for a fresh
+/// start): keeps the complete (newline-terminated) lines that parse as JSON objects with a `step`
+/// of at most `step`, in order, and drops the rest: a line torn by a kill, and the lines of steps
+/// after the checkpoint, which the resumed run logs again (so no step is logged twice). Replaced
+/// atomically (temp file, fsync, rename); untouched when nothing is dropped or there is no file.
+pub fn truncate_metrics(path: &Path, step: usize) -> Result<()> {
+    let text = match std::fs::read(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let mut kept = Vec::with_capacity(text.len());
+    let mut rest = &text[..];
+    while let Some(end) = rest.iter().position(|&b| b == b'\n') {
+        let line = &rest[..=end];
+        rest = &rest[end + 1..];
+        let logged = serde_json::from_slice::<serde_json::Value>(line)
+            .ok()
+            .and_then(|v| v.get("step")?.as_u64());
+        if logged.is_some_and(|s| s <= step as u64) {
+            kept.extend_from_slice(line);
+        }
+    }
+    if kept.len() != text.len() {
+        weights::write_atomic(path, &kept)
+            .with_context(|| format!("rewriting {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Deletes the temporaries killed writes of an earlier invocation left in the run directory,
+/// its checkpoints and its final model (only names the trainer's own writers use).
+fn remove_stale_temps(cfg: &TrainConfig) -> Result<()> {
+    let out = &cfg.out_dir;
+    let mut removed =
+        checkpoint::remove_stale_temps(out, &["config.json", "metrics.jsonl"], false)?;
+    removed.extend(checkpoint::remove_stale_checkpoint_temps(
+        &out.join("checkpoints"),
+    )?);
+    removed.extend(checkpoint::remove_stale_temps(
+        &final_model_dir(out),
+        &["model.safetensors", "config.json"],
+        false,
+    )?);
+    for p in removed {
+        eprintln!("removed stale temporary {}", p.display());
+    }
+    Ok(())
+}
+
 /// Runs (or resumes) training. Returns the per-step training losses of this invocation.
 /// `stop_after` ends the invocation (with a checkpoint) after that many optimizer steps in total,
 /// as an interruption would; a later `resume` continues exactly.
+///
+/// Whatever earlier invocations left is made consistent first: stale temporaries of killed writes
+/// are deleted, and `metrics.jsonl` is cut back to the steps up to the checkpoint resumed from
+/// (see [`truncate_metrics`]). A fresh start (`resume == false`) in a directory with checkpoints
+/// begins a new run: it drops the `latest` and `best` pointers of the old one (its `step-*`
+/// directories stay until replaced or pruned) and starts `metrics.jsonl` over.
 pub fn train(
     cfg: &TrainConfig,
     config_path: Option<&Path>,
@@ -348,8 +414,13 @@ pub fn train(
     stop_after: Option<usize>,
 ) -> Result<Vec<f64>> {
     std::fs::create_dir_all(&cfg.out_dir)?;
+    let ckpt_dir = cfg.out_dir.join("checkpoints");
+    remove_stale_temps(cfg)?;
     if let Some(p) = config_path {
-        std::fs::copy(p, cfg.out_dir.join("config.json"))
+        // Read first, then replace atomically: a kill never leaves a torn copy, and copying the
+        // run directory's own config.json onto itself (`train RUN/config.json --resume`) keeps it.
+        let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+        weights::write_atomic(&cfg.out_dir.join("config.json"), &bytes)
             .context("copying the config into the run directory")?;
     }
     let train_data = Dataset::open(&cfg.train_data, cfg.pipeline)?;
@@ -357,8 +428,12 @@ pub fn train(
         Some(p) => Some(Dataset::open(p, cfg.pipeline)?),
         None => None,
     };
-    let ckpt_dir = cfg.out_dir.join("checkpoints");
-    let (base, state) = match (resume, checkpoint::latest(&ckpt_dir)?) {
+    let found = if resume {
+        checkpoint::latest(&ckpt_dir).context("--resume")?
+    } else {
+        None
+    };
+    let (base, state) = match (resume, found) {
         (true, Some(dir)) => {
             let (m, _) = weights::load(&dir, LoadOptions::default())?;
             let st: TrainState = serde_json::from_slice(&std::fs::read(dir.join("state.json"))?)?;
@@ -366,10 +441,13 @@ pub fn train(
             (m, Some((st, dir)))
         }
         (true, None) => bail!("--resume: no checkpoint under {}", ckpt_dir.display()),
-        (false, _) => (
-            initial_model(cfg, train_data.pad_id(), train_data.vocab_size())?,
-            None,
-        ),
+        (false, _) => {
+            checkpoint::forget_pointers(&ckpt_dir)?;
+            (
+                initial_model(cfg, train_data.pad_id(), train_data.vocab_size())?,
+                None,
+            )
+        }
     };
     let Trainable { model, mut opt } = make_trainable(&base, cfg)?;
     drop(base);
@@ -387,10 +465,13 @@ pub fn train(
         eprintln!("nothing to do: {start} of {} steps done", cfg.steps);
         return Ok(vec![]);
     }
+    let metrics_path = cfg.out_dir.join("metrics.jsonl");
+    truncate_metrics(&metrics_path, start)?;
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(cfg.out_dir.join("metrics.jsonl"))?;
+        .open(&metrics_path)
+        .with_context(|| format!("opening {}", metrics_path.display()))?;
     let bar = indicatif::ProgressBar::new(cfg.steps as u64);
     bar.set_position(start as u64);
     bar.set_style(
@@ -449,7 +530,7 @@ pub fn train(
                 tokens_per_s: tps,
                 elapsed_s: started.elapsed().as_secs_f64(),
             };
-            writeln!(metrics, "{}", serde_json::to_string(&line)?)?;
+            append_line(&mut metrics, &serde_json::to_string(&line)?)?;
         }
         let last = done == cfg.steps;
         let stopping = stop_after == Some(done);
@@ -459,7 +540,7 @@ pub fn train(
                 let m = evaluate(&model, cfg.pipeline, v, cfg, done)?;
                 let mut j = serde_json::to_value(&m)?;
                 j["step"] = done.into();
-                writeln!(metrics, "{j}")?;
+                append_line(&mut metrics, &j.to_string())?;
                 val_loss = Some(m.val_loss);
             }
         }
@@ -499,4 +580,88 @@ pub fn train(
 /// Path of the final model of a run directory.
 pub fn final_model_dir(out_dir: &Path) -> PathBuf {
     out_dir.join("final")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records every `write` call separately.
+    #[derive(Default)]
+    struct Calls(Vec<Vec<u8>>);
+
+    impl Write for Calls {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.push(buf.to_vec());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_metrics_line_is_one_write_with_its_newline() {
+        let mut w = Calls::default();
+        let line = LogLine {
+            step: 3,
+            loss: 1.5,
+            lr: 1e-3,
+            grad_norm: 0.5,
+            tokens_per_s: 100.0,
+            elapsed_s: 2.0,
+        };
+        append_line(&mut w, &serde_json::to_string(&line).unwrap()).unwrap();
+        append_line(&mut w, r#"{"step":3,"val_loss":2.0}"#).unwrap();
+        assert_eq!(w.0.len(), 2, "one write call per line");
+        for call in &w.0 {
+            assert_eq!(call.iter().filter(|&&b| b == b'\n').count(), 1);
+            assert_eq!(call.last(), Some(&b'\n'));
+            let v: serde_json::Value = serde_json::from_slice(call).unwrap();
+            assert_eq!(v["step"], 3);
+        }
+    }
+
+    #[test]
+    fn metrics_are_cut_back_to_the_checkpoint_and_torn_lines_dropped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("metrics.jsonl");
+        let text = concat!(
+            "{\"step\":1,\"loss\":3.0}\n",
+            "{\"step\":2,\"loss\":2.5}\n",
+            "{\"step\":2,\"val_loss\":2.7,\"eos_exact\":0.0}\n",
+            // An earlier torn line that the next append ran into.
+            "{\"step\":3,\"lo{\"step\":3,\"loss\":2.4}\n",
+            "{\"step\":3,\"loss\":2.4}\n",
+            "not json\n",
+            "{\"loss\":1.0}\n",
+            "{\"step\":4,\"loss\":2.2}\n",
+            "{\"step\":5,\"loss\":2.1}\n",
+            // Torn by the kill: no newline.
+            "{\"step\":6,\"loss\":2",
+        );
+        std::fs::write(&path, text).unwrap();
+        truncate_metrics(&path, 3).unwrap();
+        let kept = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            kept,
+            concat!(
+                "{\"step\":1,\"loss\":3.0}\n",
+                "{\"step\":2,\"loss\":2.5}\n",
+                "{\"step\":2,\"val_loss\":2.7,\"eos_exact\":0.0}\n",
+                "{\"step\":3,\"loss\":2.4}\n",
+            )
+        );
+        // Nothing left behind by the atomic rewrite; a clean file is left as it is.
+        let names: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+        assert_eq!(names.len(), 1);
+        truncate_metrics(&path, 3).unwrap();
+        truncate_metrics(&path, 10).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), kept);
+        // A fresh start (step 0) starts the file over; no file is fine.
+        truncate_metrics(&path, 0).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
+        truncate_metrics(&tmp.path().join("none.jsonl"), 3).unwrap();
+        assert!(!tmp.path().join("none.jsonl").exists());
+    }
 }
