@@ -10,6 +10,10 @@
 # from the committed seeds in fuzz/corpus/<target>/. New corpus entries go to
 # fuzz/target/corpus/<target>/ (ignored by git, kept between runs), crashes to
 # fuzz/artifacts/<target>/. Exits non-zero if any target crashed.
+#
+# FUZZ_RUNS=N makes a run reproducible (CI uses it): each target executes exactly N inputs with
+# a fixed seed (FUZZ_SEED, default 1) from the committed seeds only, so a given commit always
+# explores the same inputs; SECONDS then only caps the time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +29,7 @@ else
   esac
 fi
 case "$seconds" in '' | *[!0-9]*) echo "SECONDS must be a whole number" >&2; exit 2 ;; esac
+case "${FUZZ_RUNS:-0}${FUZZ_SEED:-1}" in *[!0-9]*) echo "FUZZ_RUNS and FUZZ_SEED must be whole numbers" >&2; exit 2 ;; esac
 
 export RUSTC_BOOTSTRAP=1
 export CARGO_TERM_COLOR=never
@@ -61,26 +66,38 @@ for t in "${targets[@]}"; do
     echo "== $t: replaying ${#regs[@]} regression input(s)"
     if ! cargo fuzz run "$t" "${regs[@]}" -- "${opts[@]}" >"target/logs/$t-regressions.log" 2>&1; then
       tail -n 40 "target/logs/$t-regressions.log"
+      grep -m3 -A4 "panicked at" "target/logs/$t-regressions.log" || true
       failed+=("$t (regression)")
       continue
     fi
   fi
-  echo "== $t: fuzzing for ${seconds}s"
-  mkdir -p "target/corpus/$t"
   log="target/logs/$t.log"
-  if cargo fuzz run "$t" "target/corpus/$t" "corpus/$t" -- \
-      "${opts[@]}" -max_total_time="$seconds" >"$log" 2>&1; then
+  if [ -n "${FUZZ_RUNS:-}" ]; then
+    echo "== $t: fuzzing ${FUZZ_RUNS} inputs, seed ${FUZZ_SEED:-1} (at most ${seconds}s)"
+    # A throw-away corpus directory: earlier local runs must not change what CI explores.
+    corpus_dirs=("$(mktemp -d "target/tmp/corpus-$t.XXXXXX")" "corpus/$t")
+    mode=(-runs="$FUZZ_RUNS" -seed="${FUZZ_SEED:-1}")
+  else
+    echo "== $t: fuzzing for ${seconds}s"
+    mkdir -p "target/corpus/$t"
+    corpus_dirs=("target/corpus/$t" "corpus/$t")
+    mode=()
+  fi
+  if cargo fuzz run "$t" "${corpus_dirs[@]}" -- \
+      "${opts[@]}" "${mode[@]}" -max_total_time="$seconds" >"$log" 2>&1; then
     grep -E '^#[0-9]+[[:space:]]+DONE|^stat::number_of_executed_units|^stat::peak_rss_mb' "$log" || true
   else
     tail -n 60 "$log"
+    grep -m3 -A4 "panicked at" "$log" || true
     echo "!! $t crashed; the input is in fuzz/artifacts/$t/ (log: fuzz/$log)." >&2
     echo "   Reproduce: RUSTC_BOOTSTRAP=1 cargo fuzz run $t fuzz/artifacts/$t/<file>  (in fuzz/)" >&2
     failed+=("$t")
   fi
+  if [ -n "${FUZZ_RUNS:-}" ]; then rm -rf "${corpus_dirs[0]}"; fi
 done
 
 if [ ${#failed[@]} -gt 0 ]; then
   echo "== fuzzing FAILED: ${failed[*]}" >&2
   exit 1
 fi
-echo "== fuzzing passed: ${targets[*]} (${seconds}s each)"
+echo "== fuzzing passed: ${targets[*]} (${FUZZ_RUNS:+$FUZZ_RUNS runs or }${seconds}s each)"

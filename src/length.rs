@@ -107,8 +107,10 @@ pub fn cut_length(
     match predicted {
         None => max_len,
         Some(n) => {
+            // Saturating: a huge (finite) margin_ratio makes `extra` usize::MAX, which must
+            // mean "keep everything", not wrap around to a cut at the prediction.
             let extra = margin.max((n as f32 * margin_ratio).ceil() as usize);
-            (n + 1 + extra).min(max_len)
+            n.saturating_add(1).saturating_add(extra).min(max_len)
         }
     }
 }
@@ -139,6 +141,8 @@ mod tests {
         assert_eq!(cut_length(Some(10), 4, 1.0, 100), 21);
         assert_eq!(cut_length(Some(98), 4, 0.0, 100), 100);
         assert_eq!(cut_length(None, 4, 0.0, 100), 100);
+        assert_eq!(cut_length(Some(10), 4, 2.6e32, 100), 100);
+        assert_eq!(cut_length(Some(usize::MAX), usize::MAX, 0.0, 100), 100);
         assert_eq!(
             LengthPredictor::parse("quantile:0.8").unwrap(),
             LengthPredictor::Quantile(0.8)

@@ -159,7 +159,8 @@ impl Sampler {
             }
         }
         let p = self.params;
-        if p.temperature == 0.0 {
+        // A subnormal temperature has no finite inverse: its limit is greedy too.
+        if p.temperature == 0.0 || !(1.0 / p.temperature).is_finite() {
             // Greedy: the distribution at temperature 1 scores the confidence.
             let (best, _) = argmax(logits);
             let confidence = self.score(logits, best);
@@ -170,7 +171,15 @@ impl Sampler {
             };
         }
         let inv_t = 1.0 / p.temperature;
-        logits.iter_mut().for_each(|l| *l *= inv_t);
+        let m = max(logits);
+        if (m * inv_t).is_finite() {
+            logits.iter_mut().for_each(|l| *l *= inv_t);
+        } else if m.is_finite() {
+            // A tiny temperature (say 1e-38) overflows the scaled logits to +-inf and the
+            // softmax to NaN; shifted by the maximum first, the largest logit stays 0 and the
+            // rest go to -inf at worst: the limit of sampling, which is greedy.
+            logits.iter_mut().for_each(|l| *l = (*l - m) * inv_t);
+        }
         if p.top_k > 0 && p.top_k < logits.len() {
             self.scratch.clear();
             self.scratch.extend_from_slice(logits);
@@ -388,6 +397,28 @@ mod tests {
         s.clear_seen();
         let c = s.choose(&mut [1.0, 3.0, 2.0, 0.0, 0.0, 0.0], &mut Rng::new(0));
         assert_eq!(c.token, 1);
+    }
+
+    /// Fuzzer finding: temperature 1e-38 overflowed the scaled logits, the softmax gave NaN and
+    /// the draw fell back to token 0 (even when banned). Tiny temperatures now act as greedy.
+    #[test]
+    fn tiny_temperatures_are_greedy_not_nan() {
+        for t in [1e-38f32, 1e-45, 1e-30, 1e-20] {
+            let p = SamplingParams {
+                temperature: t,
+                ..Default::default()
+            };
+            let mut s = sampler(p, ConfidenceKind::Prob);
+            for seed in 0..20 {
+                let c = s.choose(&mut [5.0, 1.0, 9.0, -3.0, 0.0, 8.5], &mut Rng::new(seed));
+                assert_eq!(c.token, 2, "temperature {t}");
+                assert!(
+                    c.confidence.is_finite(),
+                    "temperature {t}: {}",
+                    c.confidence
+                );
+            }
+        }
     }
 
     #[test]

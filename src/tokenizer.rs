@@ -8,6 +8,9 @@ use crate::error::{Error, Result};
 /// A loaded tokenizer. Thread-safe (`encode`/`decode` take `&self`).
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    /// Largest id the tokenizer can emit, plus one. Ids may be sparse (a 12-token vocabulary
+    /// can use id 500), so this, not the token count, is what must fit the model's rows.
+    id_bound: usize,
 }
 
 impl Tokenizer {
@@ -21,7 +24,15 @@ impl Tokenizer {
             tokenizers::Tokenizer::from_bytes(bytes)
         })?
         .map_err(|e| Error::Tokenizer(format!("malformed tokenizer.json: {e}")))?;
-        Ok(Tokenizer { inner })
+        let id_bound = guarded("reading the vocabulary", || {
+            inner
+                .get_vocab(true)
+                .values()
+                .map(|&id| id as usize + 1)
+                .max()
+                .unwrap_or(0)
+        })?;
+        Ok(Tokenizer { inner, id_bound })
     }
 
     /// Number of ids the tokenizer can produce (added tokens included).
@@ -29,12 +40,17 @@ impl Tokenizer {
         self.inner.get_vocab_size(true)
     }
 
+    /// One more than the largest id the tokenizer can emit (added tokens included).
+    pub fn id_bound(&self) -> usize {
+        self.id_bound
+    }
+
     /// Checks that every id the tokenizer can emit exists in a model with `model_vocab` rows.
     pub fn check_against_model(&self, model_vocab: usize) -> Result<()> {
-        if self.vocab_size() > model_vocab {
+        if self.id_bound > model_vocab {
             return Err(Error::Tokenizer(format!(
-                "tokenizer has {} tokens but the model only {model_vocab} embedding rows",
-                self.vocab_size()
+                "tokenizer can emit id {} but the model has only {model_vocab} embedding rows",
+                self.id_bound - 1
             )));
         }
         Ok(())

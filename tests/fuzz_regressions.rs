@@ -61,3 +61,112 @@ fn malformed_decoder_never_panics() {
     }
     let _ = tok.encode("hello world");
 }
+
+fn fixture(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(path)
+}
+
+/// A 12-token tokenizer whose "cat" has id 500 passed `check_against_model(12)` (a check by
+/// token count): ids must fit the model's rows, so the bound is the largest id + 1.
+#[test]
+fn sparse_tokenizer_ids_are_checked_by_their_largest_id() {
+    let tok = Tokenizer::from_file(&fixture("fuzz/sparse_ids_wordlevel.json")).unwrap();
+    assert_eq!(tok.vocab_size(), 12);
+    assert_eq!(tok.id_bound(), 501);
+    assert!(matches!(
+        tok.check_against_model(12),
+        Err(Error::Tokenizer(m)) if m.contains("id 500")
+    ));
+    assert!(tok.check_against_model(500).is_err());
+    tok.check_against_model(501).unwrap();
+    assert!(tok.encode("cat").unwrap().iter().all(|&i| i < 501));
+    // Loading it next to a model with fewer rows is refused.
+    let opts = LoadOptions {
+        tokenizer: Some(fixture("fuzz/sparse_ids_wordlevel.json")),
+        ..Default::default()
+    };
+    match diffugpt::Model::load(&fixture("parity/diffugpt-f32"), opts) {
+        Err(Error::Tokenizer(m)) => assert!(m.contains("id 500"), "{m}"),
+        other => panic!("expected a tokenizer error, got ok={}", other.is_ok()),
+    }
+}
+
+/// A huge (finite, hence accepted) margin ratio overflowed the cut length; it must keep the
+/// whole canvas instead.
+#[test]
+fn huge_margin_ratio_keeps_the_whole_canvas() {
+    use diffugpt::{GenerateParams, LengthMode, LengthPredictor, Steps};
+    let model = diffugpt::Model::load(&fixture("tiny-diffugpt"), LoadOptions::default()).unwrap();
+    let ids = model.gpt.ids;
+    for ratio in [2.6e32f32, f32::MAX] {
+        let params = GenerateParams {
+            canvas_len: 12,
+            steps: Steps::Fixed(3),
+            // Oracle 2: the prediction is known, so only the margin decides the cut.
+            length: LengthMode::EosFirst {
+                predictor: LengthPredictor::Oracle(2),
+                margin: 0,
+                margin_ratio: ratio,
+                grow: false,
+            },
+            ..Default::default()
+        };
+        let g = model.session().generate(&[ids.eos], &params, None).unwrap();
+        assert_eq!(g.stats.predicted_len, Some(2));
+        assert_eq!(g.canvas.len(), 12, "ratio {ratio} cut the canvas");
+    }
+}
+
+/// With `ban_mask` off the sampler may reveal the mask id itself; the decoder looked for the
+/// mask id to find masked slots and never ended. A revealed slot is revealed whatever its token.
+#[test]
+fn revealing_the_mask_id_ends() {
+    use diffugpt::{ConfidenceKind, GenerateParams, LengthMode, SamplingParams, Steps, Strategy};
+    let model = diffugpt::Model::load(&fixture("tiny-diffugpt"), LoadOptions::default()).unwrap();
+    let ids = model.gpt.ids;
+    let mut hit = 0;
+    for seed in 0..8u64 {
+        let params = GenerateParams {
+            canvas_len: 16,
+            steps: Steps::Fixed(4),
+            strategy: Strategy::Confidence(ConfidenceKind::NegEntropy),
+            // A penalty below 1 boosts seen ids; the prompt is full of mask ids, so the mask
+            // id wins many rows.
+            sampling: SamplingParams {
+                repetition_penalty: 0.05,
+                ..Default::default()
+            },
+            length: LengthMode::Fixed,
+            ban_mask: false,
+            seed,
+            ..Default::default()
+        };
+        let prompt = vec![ids.mask; 4];
+        let mut steps = 0;
+        let mut cb = |_: &diffugpt::StepInfo| {
+            steps += 1;
+            // A backstop so a regression fails instead of hanging the test suite.
+            steps < 1000
+        };
+        let g = model
+            .session()
+            .generate(&prompt, &params, Some(&mut cb))
+            .unwrap();
+        assert!(!g.stats.cancelled, "seed {seed}: no end after 1000 steps");
+        assert_eq!(g.stats.steps, 4, "seed {seed}");
+        if g.canvas.contains(&ids.mask) {
+            hit += 1;
+            // The answer runs to the first end token; a revealed mask id is an ordinary token.
+            let end = g
+                .canvas
+                .iter()
+                .position(|&t| ids.is_end(t))
+                .unwrap_or(g.canvas.len());
+            assert_eq!(g.tokens.len(), end, "seed {seed}");
+        }
+    }
+    // The test must exercise the path it guards.
+    assert!(hit > 0, "no seed revealed the mask id");
+}

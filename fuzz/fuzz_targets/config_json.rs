@@ -63,9 +63,12 @@ fuzz_target!(|data: &[u8]| {
             assert!(count <= MAX_PARAMS, "validate accepted {count} parameters");
             assert!(cfg.n_head > 0 && cfg.n_embd % cfg.n_head == 0);
             let _ = cfg.head_dim();
-            if let Ok(ids) = SpecialIds::resolve(cfg.vocab_size, &hf, &SpecialIdOverrides::default())
+            if let Ok(ids) =
+                SpecialIds::resolve(cfg.vocab_size, &hf, &SpecialIdOverrides::default())
             {
-                assert!((ids.eos as usize) < cfg.vocab_size && (ids.mask as usize) < cfg.vocab_size);
+                assert!(
+                    (ids.eos as usize) < cfg.vocab_size && (ids.mask as usize) < cfg.vocab_size
+                );
                 assert_ne!(ids.eos, ids.mask);
                 // What `weights::save` writes must parse back to the same model.
                 let back = HfConfig::from_model(&cfg, &ids);
@@ -97,7 +100,9 @@ fuzz_target!(|data: &[u8]| {
             eprintln!("{}: {:?}", w.display(), res.as_ref().err());
         }
         if let Ok((gpt, _)) = res {
-            gpt.cfg.validate().expect("loader returned an invalid config");
+            gpt.cfg
+                .validate()
+                .expect("loader returned an invalid config");
             gpt.ids
                 .validate(gpt.cfg.vocab_size)
                 .expect("loader returned bad special ids");
