@@ -140,11 +140,12 @@ typedef bool (*dgpt_progress_callback)(float progress, void *user_data);
 typedef struct {
   // sizeof(dgpt_model_params), set by dgpt_model_default_params().
   size_t size;
-  // 0 = CPU (the only device in this build).
+  // 0 = CPU; 1 = CUDA (the first GPU). Without a usable GPU, or in a build without the `cuda`
+  // feature, 1 falls back to the CPU with a message on stderr.
   uint32_t device;
   // Compute threads; 0 = all cores. Applies process-wide on first use.
   uint32_t n_threads;
-  // 0 = f32 (the only CPU compute dtype).
+  // 0 = f32; 1 = bf16 (CUDA only: on a CPU fallback the model computes in f32).
   uint32_t dtype;
   // tokenizer.json path, or NULL for the one next to the weights.
   const char *tokenizer_path;

@@ -132,6 +132,25 @@ pub fn bench_decode(
     answer_len: usize,
     reps: usize,
 ) -> Result<Vec<BenchRow>> {
+    bench_decode_in(
+        &mut Session::new(model),
+        prompt_len,
+        canvas,
+        steps,
+        answer_len,
+        reps,
+    )
+}
+
+/// [`bench_decode`] in a given session (a GPU session runs the same workload on the GPU).
+pub fn bench_decode_in(
+    session: &mut Session,
+    prompt_len: usize,
+    canvas: usize,
+    steps: usize,
+    answer_len: usize,
+    reps: usize,
+) -> Result<Vec<BenchRow>> {
     let prompt: Vec<u32> = (0..prompt_len as u32).map(|i| 100 + i).collect();
     let mut rows = Vec::new();
     for eos_first in [false, true] {
@@ -146,7 +165,7 @@ pub fn bench_decode(
         }
         let mut last = None;
         let ms = time_ms(reps, || {
-            last = Some(Session::new(model).generate(&prompt, &p, None)?.stats);
+            last = Some(session.generate(&prompt, &p, None)?.stats);
             Ok(())
         })?;
         let st = last.expect("at least one run");
@@ -162,6 +181,41 @@ pub fn bench_decode(
             per_s: answer_len.min(canvas) as f64 / (m / 1e3),
             steps: st.steps,
             forward_passes: st.forward_passes,
+        });
+    }
+    Ok(rows)
+}
+
+/// GPU forward latency at each T: the whole forward plus logits and step decisions for every row
+/// (the worst case, like [`bench_forward`]); the clock stops after the results reach the host.
+#[cfg(feature = "cuda")]
+pub fn bench_forward_cuda(
+    model: &crate::cuda::CudaModel,
+    lens: &[usize],
+    reps: usize,
+) -> Result<Vec<BenchRow>> {
+    let max_t = lens.iter().copied().max().unwrap_or(1);
+    let mut sess = crate::cuda::CudaSession::new(model, max_t)?;
+    let (ends, banned) = ([model.ids.eos], [model.ids.mask]);
+    let mut rows = Vec::new();
+    for &t in lens {
+        let ids: Vec<u32> = (0..t as u32)
+            .map(|i| (i * 7919) % model.cfg.vocab_size as u32)
+            .collect();
+        let all: Vec<usize> = (0..t).collect();
+        let ms = time_ms(reps, || {
+            sess.forward(&ids, false)?;
+            sess.decide(&all, &ends, &banned)?;
+            Ok(())
+        })?;
+        let (m, s) = mean_std(&ms);
+        rows.push(BenchRow {
+            test: format!("forward-{t}"),
+            mean_ms: m,
+            std_ms: s,
+            per_s: t as f64 / (m / 1e3),
+            steps: 1,
+            forward_passes: 1,
         });
     }
     Ok(rows)

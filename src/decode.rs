@@ -229,11 +229,37 @@ const LOGIT_CHUNK: usize = 32;
 /// little. A session belongs to one thread at a time; the model may be shared.
 pub struct Session<'m> {
     model: &'m Gpt2,
+    /// When set, the diffusion forward and the greedy row decisions run on this GPU session (the
+    /// decode loop itself is the same); `model` stays the CPU copy for the ARM path.
+    #[cfg(feature = "cuda")]
+    gpu: Option<crate::cuda::CudaSession<'m>>,
 }
 
 impl<'m> Session<'m> {
     pub fn new(model: &'m Gpt2) -> Self {
-        Session { model }
+        Session {
+            model,
+            #[cfg(feature = "cuda")]
+            gpu: None,
+        }
+    }
+
+    /// A session whose diffusion forwards run on the GPU. `gpu` must hold the same weights as
+    /// `model` (see [`crate::Model::load`] with a CUDA device).
+    #[cfg(feature = "cuda")]
+    pub fn with_gpu(model: &'m Gpt2, gpu: crate::cuda::CudaSession<'m>) -> Self {
+        Session {
+            model,
+            gpu: Some(gpu),
+        }
+    }
+
+    /// Whether diffusion forwards run on a GPU.
+    pub fn on_gpu(&self) -> bool {
+        #[cfg(feature = "cuda")]
+        return self.gpu.is_some();
+        #[cfg(not(feature = "cuda"))]
+        false
     }
 
     pub fn model(&self) -> &Gpt2 {
@@ -267,6 +293,8 @@ impl<'m> Session<'m> {
         } else {
             vec![]
         };
+        #[cfg(feature = "cuda")]
+        let (gpu_ends, gpu_banned) = (end_ids.clone(), banned.clone());
         let mut sampler = Sampler::new(
             params.sampling,
             match params.strategy {
@@ -280,6 +308,10 @@ impl<'m> Session<'m> {
         sampler.mark_seen(prompt);
         let mut rng = Rng::new(params.seed);
         let mut canvas = vec![ids.mask; max_len];
+        // Which slots are still masked. Tracked apart from the tokens: with `ban_mask` off the
+        // sampler may reveal the mask id itself, and such a slot is revealed all the same
+        // (looking for the mask id in the canvas instead never ended: a fuzzer finding).
+        let mut open = vec![true; max_len];
         let mut stats = GenerationStats {
             canvas_len: max_len,
             ..Default::default()
@@ -289,14 +321,26 @@ impl<'m> Session<'m> {
         let mut step = 0;
         let mut seq = prefix.clone();
 
-        while canvas.contains(&ids.mask) {
+        while open.contains(&true) {
             step += 1;
             seq.truncate(p_len);
             seq.extend_from_slice(&canvas);
-            let input = Tensor::from_slice(&seq, (1, seq.len()), model.device())?;
-            let hidden = model
-                .hidden(&input, &AttnMask::Bidirectional, None)?
-                .squeeze(0)?;
+            let mut hidden = match self.gpu_forward(&seq)? {
+                #[cfg(feature = "cuda")]
+                Some(sess) => Hidden::Gpu {
+                    sess,
+                    ends: &gpu_ends,
+                    banned: &gpu_banned,
+                },
+                _ => {
+                    let input = Tensor::from_slice(&seq, (1, seq.len()), model.device())?;
+                    Hidden::Cpu(
+                        model
+                            .hidden(&input, &AttnMask::Bidirectional, None)?
+                            .squeeze(0)?,
+                    )
+                }
+            };
             stats.forward_passes += 1;
             stats.forward_sizes.push(seq.len());
 
@@ -311,23 +355,33 @@ impl<'m> Session<'m> {
                     let slots: Vec<usize> = (0..canvas.len()).collect();
                     let mut p_end = vec![0.0f32; slots.len()];
                     let mut is_end = vec![false; slots.len()];
-                    for_each_row(model, &hidden, p_len, &slots, |k, row| {
-                        p_end[k] = sampler.end_prob(row);
-                        is_end[k] = ids.is_end(argmax(row).0 as u32);
-                    })?;
+                    #[cfg(feature = "cuda")]
+                    if let Hidden::Gpu { sess, ends, banned } = &mut hidden {
+                        // p_end and the raw argmax come from the decision kernel.
+                        let rows: Vec<usize> = slots.iter().map(|&j| p_len - 1 + j).collect();
+                        for (k, d) in sess.decide(&rows, ends, banned)?.into_iter().enumerate() {
+                            p_end[k] = d.p_end;
+                            is_end[k] = ids.is_end(d.raw_argmax);
+                        }
+                    }
+                    if let Hidden::Cpu(_) = hidden {
+                        for_each_row(model, &mut hidden, p_len, &slots, |k, row| {
+                            p_end[k] = sampler.end_prob(row);
+                            is_end[k] = ids.is_end(argmax(row).0 as u32);
+                        })?;
+                    }
                     let pred = predictor.predict(&p_end, &is_end);
                     stats.predicted_len = pred;
                     let cut = cut_length(pred, margin, margin_ratio, max_len);
                     if cut < canvas.len() {
                         canvas.truncate(cut);
+                        open.truncate(cut);
                         remaining = scaled_steps(total_steps, cut, max_len);
                     }
                 }
             }
 
-            let masked: Vec<usize> = (0..canvas.len())
-                .filter(|&j| canvas[j] == ids.mask)
-                .collect();
+            let masked: Vec<usize> = (0..canvas.len()).filter(|&j| open[j]).collect();
             let reveal: Vec<(usize, RowChoice)> = match params.strategy {
                 Strategy::RandomKeep => {
                     let remaining = remaining.max(1);
@@ -337,11 +391,11 @@ impl<'m> Session<'m> {
                         .copied()
                         .filter(|_| remaining <= 1 || rng.next_f64() < p)
                         .collect();
-                    choose_rows(model, &hidden, p_len, &chosen, &mut sampler, &mut rng)?
+                    choose_rows(model, &mut hidden, p_len, &chosen, &mut sampler, &mut rng)?
                 }
                 Strategy::Confidence(_) => {
                     let mut all =
-                        choose_rows(model, &hidden, p_len, &masked, &mut sampler, &mut rng)?;
+                        choose_rows(model, &mut hidden, p_len, &masked, &mut sampler, &mut rng)?;
                     let n = masked.len().div_ceil(remaining.max(1));
                     // Stable: ties keep canvas order, so greedy decoding is deterministic.
                     all.sort_by(|a, b| {
@@ -355,6 +409,7 @@ impl<'m> Session<'m> {
             };
             for (j, c) in &reveal {
                 canvas[*j] = c.token;
+                open[*j] = false;
             }
             let revealed: Vec<u32> = reveal.iter().map(|(_, c)| c.token).collect();
             sampler.mark_seen(&revealed);
@@ -362,10 +417,12 @@ impl<'m> Session<'m> {
 
             if let LengthMode::EosFirst { grow: true, .. } = params.length {
                 let last = *canvas.last().expect("canvas is never empty");
-                let has_end = canvas.iter().any(|&t| ids.is_end(t));
-                if canvas.len() < max_len && last != ids.mask && !ids.is_end(last) && !has_end {
+                let last_open = *open.last().expect("canvas is never empty");
+                let has_end = canvas.iter().zip(&open).any(|(&t, &o)| !o && ids.is_end(t));
+                if canvas.len() < max_len && !last_open && !ids.is_end(last) && !has_end {
                     let add = (canvas.len() / 2).max(16).min(max_len - canvas.len());
                     canvas.extend(std::iter::repeat_n(ids.mask, add));
+                    open.extend(std::iter::repeat_n(true, add));
                     remaining += scaled_steps(total_steps, add, max_len);
                     stats.grow_events += 1;
                 }
@@ -376,7 +433,7 @@ impl<'m> Session<'m> {
                     step,
                     total_steps: step + remaining,
                     canvas: &canvas,
-                    masked: canvas.iter().filter(|&&t| t == ids.mask).count(),
+                    masked: open.iter().filter(|&&o| o).count(),
                 };
                 if !cb(&info) {
                     stats.cancelled = true;
@@ -384,9 +441,12 @@ impl<'m> Session<'m> {
                 }
             }
         }
+        // The answer ends at the first end token, or at the first slot still masked (a
+        // cancelled generation).
         let end = canvas
             .iter()
-            .position(|&t| ids.is_end(t) || t == ids.mask)
+            .zip(&open)
+            .position(|(&t, &o)| o || ids.is_end(t))
             .unwrap_or(canvas.len());
         stats.final_len = end;
         stats.final_canvas_len = canvas.len();
@@ -487,6 +547,43 @@ impl<'m> Session<'m> {
     }
 }
 
+impl<'m> Session<'m> {
+    /// Runs the diffusion forward on the GPU when this session has one; `None`: run it on the
+    /// CPU.
+    #[cfg(feature = "cuda")]
+    fn gpu_forward(&mut self, seq: &[u32]) -> Result<Option<&mut crate::cuda::CudaSession<'m>>> {
+        match self.gpu.as_mut() {
+            Some(g) => {
+                g.forward(seq, false)?;
+                Ok(Some(g))
+            }
+            None => Ok(None),
+        }
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    fn gpu_forward(&mut self, _seq: &[u32]) -> Result<Option<std::convert::Infallible>> {
+        Ok(None)
+    }
+}
+
+/// Where the current step's hidden states are: the seam between the one decode loop and the
+/// backends.
+enum Hidden<'a, 'm> {
+    /// `[T, n_embd]` on the CPU.
+    Cpu(Tensor),
+    /// On the GPU, in the session's buffers; with the end and banned ids for the decision kernel.
+    #[cfg(feature = "cuda")]
+    Gpu {
+        sess: &'a mut crate::cuda::CudaSession<'m>,
+        ends: &'a [u32],
+        banned: &'a [u32],
+    },
+    #[cfg(not(feature = "cuda"))]
+    #[allow(dead_code)]
+    Never(std::marker::PhantomData<(&'a (), &'m ())>),
+}
+
 /// Steps for a canvas of `len` slots when `total` steps were planned for `max_len`.
 fn scaled_steps(total: usize, len: usize, max_len: usize) -> usize {
     (total * len).div_ceil(max_len).max(1)
@@ -496,11 +593,21 @@ fn scaled_steps(total: usize, len: usize, max_len: usize) -> usize {
 /// DiffuGPT shift), computing the LM head in chunks.
 fn for_each_row(
     model: &Gpt2,
-    hidden: &Tensor,
+    hidden: &mut Hidden,
     p_len: usize,
     slots: &[usize],
     mut f: impl FnMut(usize, &mut [f32]),
 ) -> Result<()> {
+    let hidden = match hidden {
+        Hidden::Cpu(h) => &*h,
+        #[cfg(feature = "cuda")]
+        Hidden::Gpu { sess, .. } => {
+            let rows: Vec<usize> = slots.iter().map(|&j| p_len - 1 + j).collect();
+            return sess.logits_rows(&rows, &mut f);
+        }
+        #[cfg(not(feature = "cuda"))]
+        Hidden::Never(_) => unreachable!("no GPU variant without the cuda feature"),
+    };
     let v = model.cfg.vocab_size;
     for (c, chunk) in slots.chunks(LOGIT_CHUNK).enumerate() {
         let rows: Vec<u32> = chunk.iter().map(|&j| (p_len - 1 + j) as u32).collect();
@@ -516,12 +623,20 @@ fn for_each_row(
 
 fn choose_rows(
     model: &Gpt2,
-    hidden: &Tensor,
+    hidden: &mut Hidden,
     p_len: usize,
     slots: &[usize],
     sampler: &mut Sampler,
     rng: &mut Rng,
 ) -> Result<Vec<(usize, RowChoice)>> {
+    #[cfg(feature = "cuda")]
+    if let Hidden::Gpu { sess, ends, banned } = hidden {
+        // Greedy without a repetition penalty is decided on the GPU; anything else copies the
+        // rows' logits to the host sampler below (same results, more traffic).
+        if let Some(out) = crate::cuda::decide_greedy(sess, p_len, slots, sampler, ends, banned)? {
+            return Ok(out);
+        }
+    }
     let mut out = Vec::with_capacity(slots.len());
     for_each_row(model, hidden, p_len, slots, |k, row| {
         out.push((slots[k], sampler.choose(row, rng)));

@@ -45,6 +45,10 @@ pub enum Error {
     MemoryLimit { needed: u64, limit: u64 },
     #[error("cancelled: {0}")]
     Cancelled(String),
+    /// The CUDA backend could not run: no driver or GPU, a library missing, a kernel failing to
+    /// compile or launch, or out of device memory. Device selection turns it into a CPU fallback.
+    #[error("CUDA: {0}")]
+    Cuda(String),
     #[error("tensor backend error: {0}")]
     Backend(#[from] candle_core::Error),
 }

@@ -6,7 +6,7 @@ use crate::decode::{GenerateParams, Generation, Session};
 use crate::error::{Error, Result};
 use crate::model::Gpt2;
 use crate::tokenizer::Tokenizer;
-use crate::weights::{self, CheckpointInfo, LoadOptions, ModelFiles};
+use crate::weights::{self, CheckpointInfo, ComputeDevice, LoadOptions, ModelFiles};
 
 /// A loaded model. Immutable after loading, so one `Model` can serve many threads, each with its
 /// own [`Session`].
@@ -14,6 +14,13 @@ pub struct Model {
     pub gpt: Gpt2,
     pub tokenizer: Option<Tokenizer>,
     pub info: CheckpointInfo,
+    /// The weights on the GPU when `LoadOptions::device` asked for CUDA and one was usable; every
+    /// session then runs its diffusion forwards there.
+    #[cfg(feature = "cuda")]
+    pub cuda: Option<crate::cuda::CudaModel>,
+    /// Why a requested GPU is not used (also printed to stderr at load); `None` when the model
+    /// runs where it was asked to.
+    pub fallback: Option<String>,
 }
 
 /// Text in, text out.
@@ -28,6 +35,14 @@ impl Model {
     pub fn load(path: &Path, mut opts: LoadOptions) -> Result<Self> {
         let files = ModelFiles::locate(path)?;
         let tok_path = opts.tokenizer.take().or(files.tokenizer);
+        let device = opts.device;
+        // On a GPU the dtype is the GPU's compute dtype; the CPU copy (ARM path, fallback)
+        // stays f32.
+        let gpu_dtype = if device == ComputeDevice::Cuda {
+            opts.dtype.take()
+        } else {
+            None
+        };
         let (gpt, info) = weights::load(path, opts)?;
         let tokenizer = match tok_path {
             Some(p) => {
@@ -37,11 +52,49 @@ impl Model {
             }
             None => None,
         };
+        #[cfg(feature = "cuda")]
+        let (cuda, fallback) = match device {
+            ComputeDevice::Cpu => (None, None),
+            ComputeDevice::Cuda => match Self::upload_gpu(&gpt, gpu_dtype) {
+                Ok(m) => (Some(m), None),
+                Err(e) => (None, Some(format!("{e}"))),
+            },
+        };
+        #[cfg(not(feature = "cuda"))]
+        let fallback = match device {
+            ComputeDevice::Cpu => None,
+            ComputeDevice::Cuda => {
+                let _ = gpu_dtype;
+                Some("this build has no CUDA support (cargo feature `cuda`)".to_string())
+            }
+        };
+        if let Some(why) = &fallback {
+            eprintln!("diffugpt: CUDA requested but not available ({why}); running on the CPU");
+        }
         Ok(Model {
             gpt,
             tokenizer,
             info,
+            #[cfg(feature = "cuda")]
+            cuda,
+            fallback,
         })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn upload_gpu(gpt: &Gpt2, dtype: Option<candle_core::DType>) -> Result<crate::cuda::CudaModel> {
+        let d = crate::cuda::GpuDtype::from_candle(dtype.unwrap_or(candle_core::DType::BF16))?;
+        let gpu = crate::cuda::Gpu::open(0)?;
+        crate::cuda::CudaModel::upload(gpu, gpt, d)
+    }
+
+    /// Where diffusion forwards run, for reports: `cpu`, or `cuda:<GPU name>:<dtype>`.
+    pub fn backend(&self) -> String {
+        #[cfg(feature = "cuda")]
+        if let Some(m) = &self.cuda {
+            return format!("cuda:{}:{}", m.gpu.name, m.dtype.name());
+        }
+        "cpu".into()
     }
 
     pub fn tokenizer(&self) -> Result<&Tokenizer> {
@@ -50,7 +103,16 @@ impl Model {
         })
     }
 
+    /// A decoding session; on the GPU when the model was loaded there. A GPU session that cannot
+    /// be created (out of device memory) falls back to the CPU with a message on stderr.
     pub fn session(&self) -> Session<'_> {
+        #[cfg(feature = "cuda")]
+        if let Some(m) = &self.cuda {
+            match crate::cuda::CudaSession::new(m, self.gpt.cfg.n_positions) {
+                Ok(g) => return Session::with_gpu(&self.gpt, g),
+                Err(e) => eprintln!("diffugpt: GPU session failed ({e}); running on the CPU"),
+            }
+        }
         Session::new(&self.gpt)
     }
 

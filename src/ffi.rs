@@ -22,7 +22,7 @@ use crate::decode::{GenerateParams, Generation, LengthMode, StepInfo, Steps, Str
 use crate::error::Error;
 use crate::length::LengthPredictor;
 use crate::sampler::{ConfidenceKind, SamplingParams};
-use crate::weights::LoadOptions;
+use crate::weights::{ComputeDevice, LoadOptions};
 use crate::Model;
 
 /// Status codes. Values are fixed forever; new codes are only appended.
@@ -78,7 +78,7 @@ impl From<&Error> for dgpt_status {
             Error::Param(_) => DGPT_ERR_INVALID_ARG,
             Error::Prompt(_) => DGPT_ERR_PROMPT,
             Error::MemoryLimit { .. } => DGPT_ERR_MEMORY,
-            Error::Backend(_) => DGPT_ERR_BACKEND,
+            Error::Backend(_) | Error::Cuda(_) => DGPT_ERR_BACKEND,
             Error::Cancelled(_) => DGPT_ERR_ABORTED,
         }
     }
@@ -146,14 +146,21 @@ unsafe fn c_str<'a>(p: *const c_char, name: &str) -> FfiResult<&'a str> {
 }
 
 /// Reads a params struct whose first field is its size; checks that the caller's struct is at
-/// least as large as version 1 and no larger than what this library knows.
+/// least as large as version 1 and no larger than what this library knows. Only the caller's
+/// `size` bytes are read: fields the caller's (older) header does not have keep the values in
+/// `defaults`.
 ///
 /// # Safety
-/// `p` must point to at least `(*p).size` readable bytes.
-unsafe fn read_params<T: Copy>(p: *const T, min_size: usize, name: &str) -> FfiResult<T> {
+/// `p` must be NULL or point to at least `(*p).size` readable bytes, aligned for `T`.
+unsafe fn read_params<T: Copy>(
+    p: *const T,
+    min_size: usize,
+    defaults: T,
+    name: &str,
+) -> FfiResult<T> {
     non_null(p, name)?;
     let size = *(p as *const usize);
-    if size < min_size || size > std::mem::size_of::<T>() {
+    if size < min_size.max(std::mem::size_of::<usize>()) || size > std::mem::size_of::<T>() {
         return Err((
             DGPT_ERR_ABI,
             format!(
@@ -162,7 +169,49 @@ unsafe fn read_params<T: Copy>(p: *const T, min_size: usize, name: &str) -> FfiR
             ),
         ));
     }
-    Ok(*p)
+    let mut out = defaults;
+    // SAFETY: `size` readable bytes at `p` (the caller's promise), `size <= size_of::<T>()`
+    // writable bytes in `out`; the regions are distinct.
+    std::ptr::copy_nonoverlapping(p as *const u8, &mut out as *mut T as *mut u8, size);
+    Ok(out)
+}
+
+/// Copies `ids` into the caller's buffer of `cap` ids with the size negotiation of
+/// `dgpt_tokenize`: returns the count written, or minus the count required (writing nothing).
+///
+/// # Safety
+/// `buf` must be valid for `cap` writes when `cap > 0`.
+unsafe fn write_ids(ids: &[u32], buf: *mut u32, cap: i32) -> FfiResult<i32> {
+    if cap < 0 || (cap > 0 && buf.is_null()) {
+        return Err(invalid("cap must be >= 0 and buf non-NULL when cap > 0"));
+    }
+    let n = i32::try_from(ids.len()).map_err(|_| invalid("text too long"))?;
+    if n > cap {
+        return Ok(-n);
+    }
+    if n > 0 {
+        std::ptr::copy_nonoverlapping(ids.as_ptr(), buf, ids.len());
+    }
+    Ok(n)
+}
+
+/// Copies `text` plus a NUL into the caller's buffer of `cap` bytes with the size negotiation of
+/// `dgpt_detokenize`: returns the bytes written without the NUL, or minus the capacity required
+/// including the NUL (writing nothing).
+///
+/// # Safety
+/// `buf` must be valid for `cap` writes when `cap > 0`.
+unsafe fn write_text(text: &str, buf: *mut c_char, cap: i32) -> FfiResult<i32> {
+    if cap < 0 || (cap > 0 && buf.is_null()) {
+        return Err(invalid("cap must be >= 0 and buf non-NULL when cap > 0"));
+    }
+    let need = i32::try_from(text.len() + 1).map_err(|_| invalid("text too long"))?;
+    if need > cap {
+        return Ok(-need);
+    }
+    std::ptr::copy_nonoverlapping(text.as_ptr(), buf as *mut u8, text.len());
+    *buf.add(text.len()) = 0;
+    Ok(need - 1)
 }
 
 /// Library version, e.g. "0.1.0". Static; never free it.
@@ -251,11 +300,12 @@ pub type dgpt_abort_callback = Option<unsafe extern "C" fn(user_data: *mut c_voi
 pub struct dgpt_model_params {
     /// sizeof(dgpt_model_params), set by dgpt_model_default_params().
     pub size: usize,
-    /// 0 = CPU (the only device in this build).
+    /// 0 = CPU; 1 = CUDA (the first GPU). Without a usable GPU, or in a build without the `cuda`
+    /// feature, 1 falls back to the CPU with a message on stderr.
     pub device: u32,
     /// Compute threads; 0 = all cores. Applies process-wide on first use.
     pub n_threads: u32,
-    /// 0 = f32 (the only CPU compute dtype).
+    /// 0 = f32; 1 = bf16 (CUDA only: on a CPU fallback the model computes in f32).
     pub dtype: u32,
     /// tokenizer.json path, or NULL for the one next to the weights.
     pub tokenizer_path: *const c_char,
@@ -319,18 +369,24 @@ pub unsafe extern "C" fn dgpt_model_load(
         let p = if params.is_null() {
             dgpt_model_default_params()
         } else {
-            read_params(params, std::mem::size_of::<dgpt_model_params>(), "params")?
+            read_params(
+                params,
+                std::mem::size_of::<dgpt_model_params>(),
+                dgpt_model_default_params(),
+                "params",
+            )?
         };
-        if p.device != 0 {
+        if p.device > 1 {
             return Err(invalid(format!(
-                "device {} is not available (0 = CPU)",
+                "device {} is not known (0 = CPU, 1 = CUDA)",
                 p.device
             )));
         }
-        if p.dtype != 0 {
+        // bf16 exists only on the GPU; a CUDA request that falls back computes in f32.
+        if p.dtype > 1 || (p.dtype == 1 && p.device != 1) {
             return Err(invalid(format!(
-                "dtype {} is not supported on the CPU (0 = f32)",
-                p.dtype
+                "dtype {} is not supported on device {} (0 = f32; 1 = bf16 with device 1 = CUDA)",
+                p.dtype, p.device
             )));
         }
         if p.n_threads > 4096 {
@@ -375,8 +431,16 @@ pub unsafe extern "C" fn dgpt_model_load(
             },
             check_finite: p.check_finite,
             progress,
-            dtype: None,
+            dtype: match p.dtype {
+                1 => Some(candle_core::DType::BF16),
+                _ => Some(candle_core::DType::F32),
+            },
             tokenizer,
+            device: if p.device == 1 {
+                ComputeDevice::Cuda
+            } else {
+                ComputeDevice::Cpu
+            },
         };
         let model = Model::load(path.as_ref(), opts).map_err(lib_err)?;
         *out = Box::into_raw(Box::new(dgpt_model {
@@ -653,6 +717,7 @@ fn run_generation(
             read_params(
                 params,
                 std::mem::size_of::<dgpt_generate_params>(),
+                dgpt_generate_default_params(),
                 "params",
             )?
         }
@@ -872,13 +937,7 @@ pub unsafe extern "C" fn dgpt_tokenize(
         }
         let tok = (*model).inner.tokenizer().map_err(lib_err)?;
         let ids = tok.encode(text).map_err(lib_err)?;
-        let n = i32::try_from(ids.len()).map_err(|_| invalid("text too long"))?;
-        if n > cap {
-            ret = -n;
-        } else {
-            std::ptr::copy_nonoverlapping(ids.as_ptr(), buf, ids.len());
-            ret = n;
-        }
+        ret = write_ids(&ids, buf, cap)?;
         Ok(())
     });
     if st == DGPT_OK {
@@ -932,19 +991,277 @@ pub unsafe extern "C" fn dgpt_detokenize(
             .map_err(lib_err)?
             .decode(ids, false)
             .map_err(lib_err)?;
-        let need = i32::try_from(text.len() + 1).map_err(|_| invalid("text too long"))?;
-        if need > cap {
-            ret = -need;
-        } else {
-            std::ptr::copy_nonoverlapping(text.as_ptr(), buf as *mut u8, text.len());
-            *buf.add(text.len()) = 0;
-            ret = need - 1;
-        }
+        ret = write_text(&text, buf, cap)?;
         Ok(())
     });
     if st == DGPT_OK {
         ret
     } else {
         i32::MIN
+    }
+}
+
+/// Tests of the pointer and buffer handling that need no model, small enough for Miri:
+/// `cargo +nightly miri test --lib ffi::tests` (scripts/miri.sh) checks them for undefined
+/// behaviour (out-of-bounds reads, use after free, leaks, unwinding across the boundary).
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn last_error() -> String {
+        // SAFETY: dgpt_last_error returns a live NUL-terminated string.
+        unsafe { CStr::from_ptr(dgpt_last_error()) }
+            .to_str()
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn c_str_rejects_null_and_invalid_utf8() {
+        // SAFETY: NULL or NUL-terminated byte strings.
+        unsafe {
+            let e = c_str(std::ptr::null(), "path").unwrap_err();
+            assert_eq!(e.0, DGPT_ERR_NULL_ARG);
+            assert!(e.1.contains("`path` is NULL"), "{}", e.1);
+            let bad = b"ab\xff\xfe\0";
+            let e = c_str(bad.as_ptr() as *const c_char, "prompt").unwrap_err();
+            assert_eq!(e.0, DGPT_ERR_UTF8);
+            assert!(e.1.contains("`prompt` is not valid UTF-8"), "{}", e.1);
+            let ok = "h\u{e9}llo\0";
+            assert_eq!(
+                c_str(ok.as_ptr() as *const c_char, "s").unwrap(),
+                "h\u{e9}llo"
+            );
+        }
+    }
+
+    /// A params struct of a future library version (v2 appends a field to v1).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    struct ParamsV2 {
+        size: usize,
+        a: u32,
+        b: u32,
+        c: u64,
+    }
+    #[repr(C)]
+    struct ParamsV1 {
+        size: usize,
+        a: u32,
+        b: u32,
+    }
+    const DEFAULTS: ParamsV2 = ParamsV2 {
+        size: std::mem::size_of::<ParamsV2>(),
+        a: 1,
+        b: 2,
+        c: 3,
+    };
+
+    #[test]
+    fn read_params_reads_only_the_callers_bytes() {
+        // A caller compiled against the v1 header: its struct is shorter than ParamsV2, so
+        // reading a whole ParamsV2 would overrun it (Miri reports that as UB).
+        let v1 = Box::new(ParamsV1 {
+            size: std::mem::size_of::<ParamsV1>(),
+            a: 10,
+            b: 20,
+        });
+        let p = &*v1 as *const ParamsV1 as *const ParamsV2;
+        // SAFETY: `size` readable bytes at `p`; ParamsV1's alignment equals ParamsV2's.
+        let got = unsafe { read_params(p, std::mem::size_of::<ParamsV1>(), DEFAULTS, "p") };
+        let got = got.unwrap();
+        assert_eq!((got.a, got.b, got.c), (10, 20, 3));
+        assert_eq!(got.size, std::mem::size_of::<ParamsV1>());
+    }
+
+    #[test]
+    fn read_params_rejects_null_and_bad_sizes() {
+        let min = std::mem::size_of::<ParamsV1>();
+        // SAFETY: NULL, or a full ParamsV2.
+        unsafe {
+            let e = read_params(std::ptr::null::<ParamsV2>(), min, DEFAULTS, "params");
+            assert_eq!(e.unwrap_err().0, DGPT_ERR_NULL_ARG);
+            for size in [
+                0,
+                4,
+                min - 1,
+                std::mem::size_of::<ParamsV2>() + 1,
+                usize::MAX,
+            ] {
+                let p = ParamsV2 { size, ..DEFAULTS };
+                let e = read_params(&p, min, DEFAULTS, "params").unwrap_err();
+                assert_eq!(e.0, DGPT_ERR_ABI, "size {size}");
+                assert!(
+                    e.1.contains(&format!("`params->size` is {size}")),
+                    "{}",
+                    e.1
+                );
+            }
+            let p = ParamsV2 { c: 9, ..DEFAULTS };
+            assert_eq!(read_params(&p, min, DEFAULTS, "params").unwrap(), p);
+        }
+    }
+
+    #[test]
+    fn write_ids_negotiates_the_buffer_size() {
+        let ids = [5u32, 6, 7];
+        let mut buf = vec![0u32; 3];
+        // SAFETY: `buf` holds `cap` ids, or cap is 0 with a NULL buffer.
+        unsafe {
+            assert_eq!(write_ids(&ids, std::ptr::null_mut(), 0).unwrap(), -3);
+            assert_eq!(write_ids(&ids, buf.as_mut_ptr(), 2).unwrap(), -3);
+            assert_eq!(buf, [0, 0, 0], "nothing is written when it does not fit");
+            assert_eq!(write_ids(&ids, buf.as_mut_ptr(), 3).unwrap(), 3);
+            assert_eq!(buf, ids);
+            assert_eq!(write_ids(&[], std::ptr::null_mut(), 0).unwrap(), 0);
+            assert_eq!(
+                write_ids(&ids, std::ptr::null_mut(), 4).unwrap_err().0,
+                DGPT_ERR_INVALID_ARG
+            );
+            assert_eq!(
+                write_ids(&ids, buf.as_mut_ptr(), -1).unwrap_err().0,
+                DGPT_ERR_INVALID_ARG
+            );
+        }
+    }
+
+    #[test]
+    fn write_text_negotiates_and_terminates() {
+        let text = "h\u{e9}!";
+        let mut buf = vec![1 as c_char; 5];
+        // SAFETY: `buf` holds `cap` bytes, or cap is 0 with a NULL buffer.
+        unsafe {
+            assert_eq!(write_text(text, std::ptr::null_mut(), 0).unwrap(), -5);
+            assert_eq!(write_text(text, buf.as_mut_ptr(), 4).unwrap(), -5);
+            assert!(buf.iter().all(|&b| b == 1), "nothing written");
+            assert_eq!(write_text(text, buf.as_mut_ptr(), 5).unwrap(), 4);
+            assert_eq!(CStr::from_ptr(buf.as_ptr()).to_str().unwrap(), text);
+            let mut one = [1 as c_char];
+            assert_eq!(write_text("", one.as_mut_ptr(), 1).unwrap(), 0);
+            assert_eq!(one[0], 0);
+            assert_eq!(
+                write_text(text, std::ptr::null_mut(), 8).unwrap_err().0,
+                DGPT_ERR_INVALID_ARG
+            );
+        }
+    }
+
+    #[test]
+    fn guard_maps_results_and_panics_and_sets_the_last_error() {
+        assert_eq!(guard(|| Err(invalid("bad\0value"))), DGPT_ERR_INVALID_ARG);
+        assert_eq!(last_error(), "bad value", "interior NUL replaced");
+        assert_eq!(dgpt_last_status(), DGPT_ERR_INVALID_ARG);
+        assert_eq!(guard(|| panic!("boom {}", 7)), DGPT_ERR_PANIC);
+        assert_eq!(last_error(), "internal error (panic): boom 7");
+        assert_eq!(guard(|| Ok(())), DGPT_OK);
+        assert_eq!(last_error(), "");
+        assert_eq!(dgpt_last_status(), DGPT_OK);
+    }
+
+    #[test]
+    fn static_strings_are_terminated() {
+        // SAFETY: both functions return static NUL-terminated strings.
+        unsafe {
+            let v = CStr::from_ptr(dgpt_version()).to_str().unwrap();
+            assert_eq!(v, env!("CARGO_PKG_VERSION"));
+            for s in 0..=20u32 {
+                let m = CStr::from_ptr(dgpt_status_str(s)).to_str().unwrap();
+                assert!(!m.is_empty());
+            }
+            let m = CStr::from_ptr(dgpt_status_str(u32::MAX)).to_str().unwrap();
+            assert_eq!(m, "unknown status");
+        }
+    }
+
+    #[test]
+    fn entry_points_reject_null_and_bad_arguments_without_touching_them() {
+        let path = c"model.safetensors";
+        let mut model: *mut dgpt_model = std::ptr::null_mut();
+        // SAFETY: every pointer is NULL or valid; the calls fail before any file is opened.
+        unsafe {
+            let st = dgpt_model_load(std::ptr::null(), std::ptr::null(), &mut model);
+            assert_eq!(st, DGPT_ERR_NULL_ARG);
+            let bad = b"\xc3\x28\0";
+            let st = dgpt_model_load(bad.as_ptr() as *const c_char, std::ptr::null(), &mut model);
+            assert_eq!(st, DGPT_ERR_UTF8);
+            let st = dgpt_model_load(path.as_ptr(), std::ptr::null(), std::ptr::null_mut());
+            assert_eq!(st, DGPT_ERR_NULL_ARG);
+            let mut p = dgpt_model_default_params();
+            p.size = 3;
+            assert_eq!(dgpt_model_load(path.as_ptr(), &p, &mut model), DGPT_ERR_ABI);
+            assert!(model.is_null(), "out is written only on success");
+
+            let mut session: *mut dgpt_session = std::ptr::null_mut();
+            assert_eq!(
+                dgpt_session_new(std::ptr::null(), &mut session),
+                DGPT_ERR_NULL_ARG
+            );
+            let mut result: *mut dgpt_result = std::ptr::null_mut();
+            let prompt = c"Hello";
+            let st = dgpt_generate(
+                std::ptr::null_mut(),
+                prompt.as_ptr(),
+                std::ptr::null(),
+                &mut result,
+            );
+            assert_eq!(st, DGPT_ERR_NULL_ARG);
+            assert!(result.is_null());
+            let mut buf = [0u32; 4];
+            assert_eq!(
+                dgpt_tokenize(std::ptr::null(), prompt.as_ptr(), buf.as_mut_ptr(), 4),
+                i32::MIN
+            );
+            assert_eq!(dgpt_last_status(), DGPT_ERR_NULL_ARG);
+            let mut info = std::mem::MaybeUninit::<dgpt_model_info>::uninit();
+            assert_eq!(
+                dgpt_model_get_info(std::ptr::null(), info.as_mut_ptr()),
+                DGPT_ERR_NULL_ARG
+            );
+            // Freeing NULL is a no-op.
+            dgpt_model_free(std::ptr::null_mut());
+            dgpt_session_free(std::ptr::null_mut());
+            dgpt_result_free(std::ptr::null_mut());
+        }
+    }
+
+    #[test]
+    fn result_accessors_and_free() {
+        let r = Box::into_raw(Box::new(dgpt_result {
+            tokens: vec![1, 2, 3],
+            text: CString::new("abc").unwrap(),
+            stats: dgpt_stats {
+                final_len: 3,
+                ..Default::default()
+            },
+        }));
+        // SAFETY: `r` is a live result until dgpt_result_free; the other pointers are valid.
+        unsafe {
+            let mut n = 99usize;
+            let t = dgpt_result_tokens(r, &mut n);
+            assert_eq!(std::slice::from_raw_parts(t, n), [1, 2, 3]);
+            assert_eq!(CStr::from_ptr(dgpt_result_text(r)).to_str().unwrap(), "abc");
+            let mut st = dgpt_stats::default();
+            assert_eq!(dgpt_result_stats(r, &mut st), DGPT_OK);
+            assert_eq!(st.final_len, 3);
+            assert_eq!(
+                dgpt_result_stats(r, std::ptr::null_mut()),
+                DGPT_ERR_NULL_ARG
+            );
+            assert!(dgpt_result_text(std::ptr::null()).is_null());
+            let mut n = 99usize;
+            assert!(dgpt_result_tokens(std::ptr::null(), &mut n).is_null());
+            assert_eq!(n, 0);
+            dgpt_result_free(r);
+        }
+    }
+
+    #[test]
+    fn unknown_generate_enums_are_rejected() {
+        let mut p = dgpt_generate_default_params();
+        assert!(to_core_params(&p).is_ok());
+        p.strategy = 77;
+        let e = to_core_params(&p).unwrap_err();
+        assert_eq!(e.0, DGPT_ERR_INVALID_ARG);
+        assert!(e.1.contains("unknown strategy 77"), "{}", e.1);
     }
 }

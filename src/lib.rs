@@ -15,6 +15,8 @@
 pub mod bench;
 pub mod config;
 pub mod cpu_kernels;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod decode;
 pub mod error;
 #[allow(non_camel_case_types)]
@@ -38,7 +40,7 @@ pub use length::LengthPredictor;
 pub use model::{AttnMask, Gpt2};
 pub use sampler::{ConfidenceKind, SamplingParams};
 pub use tokenizer::Tokenizer;
-pub use weights::{Layout, LoadOptions};
+pub use weights::{ComputeDevice, Layout, LoadOptions};
 
 /// The crate version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

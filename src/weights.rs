@@ -85,6 +85,29 @@ pub struct LoadOptions {
     pub dtype: Option<DType>,
     /// tokenizer.json to use instead of the one next to the weights.
     pub tokenizer: Option<PathBuf>,
+    /// Where [`crate::Model`] runs diffusion forwards. `Cuda` without a usable GPU (or in a build
+    /// without the `cuda` feature) falls back to the CPU with a message on stderr; see
+    /// [`crate::Model::fallback`]. [`load`] itself always builds the CPU model.
+    pub device: ComputeDevice,
+}
+
+/// The device requested in [`LoadOptions`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ComputeDevice {
+    #[default]
+    Cpu,
+    /// The first CUDA GPU; `LoadOptions::dtype` picks F32 or BF16 there (default BF16).
+    Cuda,
+}
+
+impl ComputeDevice {
+    pub fn parse(s: &str) -> crate::error::Result<Self> {
+        match s {
+            "cpu" => Ok(ComputeDevice::Cpu),
+            "cuda" | "gpu" => Ok(ComputeDevice::Cuda),
+            _ => Err(Error::Param(format!("unknown device `{s}` (cpu, cuda)"))),
+        }
+    }
 }
 
 /// Where a model's files are.
@@ -376,7 +399,7 @@ fn resolve_config(hf: &HfConfig, layout: Layout, st: &SafeTensors) -> Result<Mod
         None if n_embd % 64 == 0 => n_embd / 64,
         None => {
             return Err(Error::Config(format!(
-                "no config.json and n_embd {n_embd} is not a multiple of 64: cannot infer n_head"
+                "n_head is not given (no config.json, or none in it) and n_embd {n_embd} is not a multiple of 64: cannot infer it"
             )))
         }
     };

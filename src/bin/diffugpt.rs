@@ -9,7 +9,7 @@ use diffugpt::bench;
 use diffugpt::config::{ModelConfig, SpecialIdOverrides, SpecialIds};
 use diffugpt::weights::{self, Layout, SaveDtype};
 use diffugpt::{
-    AttnMask, GenerateParams, Gpt2, LengthMode, LengthPredictor, LoadOptions, Model,
+    AttnMask, ComputeDevice, GenerateParams, Gpt2, LengthMode, LengthPredictor, LoadOptions, Model,
     SamplingParams, StepInfo, Steps, Strategy,
 };
 
@@ -63,6 +63,22 @@ struct ModelArgs {
     /// Reject weights holding NaN or Inf
     #[arg(long)]
     check_finite: bool,
+    /// cpu or cuda (diffusion forwards on the first GPU; falls back to the CPU with a message
+    /// when there is no usable GPU or the build lacks the `cuda` feature)
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// GPU compute dtype: bf16 (default on cuda) or f32
+    #[arg(long)]
+    dtype: Option<String>,
+}
+
+fn parse_dtype(s: Option<&str>) -> Result<Option<candle_core::DType>> {
+    Ok(match s {
+        None => None,
+        Some("f32") => Some(candle_core::DType::F32),
+        Some("bf16") => Some(candle_core::DType::BF16),
+        Some(o) => bail!("unknown dtype `{o}` (f32, bf16)"),
+    })
 }
 
 impl ModelArgs {
@@ -84,6 +100,8 @@ impl ModelArgs {
             },
             check_finite: self.check_finite,
             tokenizer: self.tokenizer.clone(),
+            device: ComputeDevice::parse(&self.device)?,
+            dtype: parse_dtype(self.dtype.as_deref())?,
             ..Default::default()
         };
         Model::load(&path, opts).with_context(|| format!("loading {}", path.display()))
@@ -209,6 +227,12 @@ struct BenchArgs {
     /// Benchmark this checkpoint instead of a random DiffuGPT-S-shaped model
     #[arg(long)]
     model: Option<PathBuf>,
+    /// cpu or cuda (falls back to the CPU with a message when no GPU is usable)
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// GPU compute dtype: bf16 (default) or f32
+    #[arg(long)]
+    dtype: Option<String>,
 }
 
 #[derive(Args)]
@@ -368,7 +392,7 @@ fn inspect(a: ModelArgs) -> Result<()> {
         "lm_head": if m.info.untied_head { "untied" } else { "tied to the token embedding" },
         "eos_id": ids.eos, "mask_id": ids.mask, "pad_id": ids.pad,
         "file_dtypes": m.info.file_dtypes.iter().map(|(d, n)| format!("{d} x{n}")).collect::<Vec<_>>(),
-        "compute_dtype": "f32", "device": "cpu",
+        "compute_dtype": "f32", "device": m.backend(),
         "parameters": m.gpt.param_count(),
         "tokenizer_vocab": m.tokenizer.as_ref().map(|t| t.vocab_size()),
     });
@@ -391,17 +415,25 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
         ),
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut rows = bench::bench_forward(&model, &a.forward_lens, a.reps)?;
-    if a.canvas > 0 {
-        rows.extend(bench::bench_decode(
-            &model,
-            a.prompt_len,
-            a.canvas,
-            a.steps,
-            a.answer_len,
-            a.reps,
-        )?);
-    }
+    let device = ComputeDevice::parse(&a.device)?;
+    let dtype = parse_dtype(a.dtype.as_deref())?;
+    let (rows, backend) = match bench_gpu(&model, device, dtype, &a)? {
+        Some(r) => r,
+        None => {
+            let mut rows = bench::bench_forward(&model, &a.forward_lens, a.reps)?;
+            if a.canvas > 0 {
+                rows.extend(bench::bench_decode(
+                    &model,
+                    a.prompt_len,
+                    a.canvas,
+                    a.steps,
+                    a.answer_len,
+                    a.reps,
+                )?);
+            }
+            (rows, "cpu".to_string())
+        }
+    };
     match a.format {
         Format::Json => {
             let forward: serde_json::Map<String, serde_json::Value> = rows
@@ -414,7 +446,7 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
                 })
                 .collect();
             let out = serde_json::json!({
-                "model": name, "params": model.param_count(), "backend": "cpu", "threads": threads,
+                "model": name, "params": model.param_count(), "backend": backend, "threads": threads,
                 "forward_ms": forward, "rows": rows,
             });
             println!("{}", serde_json::to_string_pretty(&out)?);
@@ -432,7 +464,7 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
             for r in rows {
                 writeln!(
                     o,
-                    "| {name} | {:.1} M | cpu | {threads} | {} | {} | {} | {:.2} ± {:.2} | {:.1} |",
+                    "| {name} | {:.1} M | {backend} | {threads} | {} | {} | {} | {:.2} ± {:.2} | {:.1} |",
                     model.param_count() as f64 / 1e6,
                     r.test,
                     r.steps,
@@ -469,4 +501,56 @@ fn write_model(m: &Gpt2, out: &Path, tokenizer: Option<&Path>) -> Result<()> {
     }
     eprintln!("wrote {} ({} parameters)", out.display(), m.param_count());
     Ok(())
+}
+
+/// The bench on the GPU: `None` when the CPU was asked for, or when no GPU is usable (after a
+/// message on stderr: the CPU numbers follow).
+#[cfg(feature = "cuda")]
+fn bench_gpu(
+    model: &Gpt2,
+    device: ComputeDevice,
+    dtype: Option<candle_core::DType>,
+    a: &BenchArgs,
+) -> Result<Option<(Vec<bench::BenchRow>, String)>> {
+    use diffugpt::cuda::{CudaModel, CudaSession, Gpu, GpuDtype};
+    if device == ComputeDevice::Cpu {
+        return Ok(None);
+    }
+    let d = GpuDtype::from_candle(dtype.unwrap_or(candle_core::DType::BF16))?;
+    let cm = match Gpu::open(0).and_then(|g| CudaModel::upload(g, model, d)) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("diffugpt: CUDA requested but not available ({e}); running on the CPU");
+            return Ok(None);
+        }
+    };
+    let mut rows = bench::bench_forward_cuda(&cm, &a.forward_lens, a.reps)?;
+    if a.canvas > 0 {
+        let g = CudaSession::new(&cm, 1 + a.prompt_len + a.canvas)?;
+        let mut s = diffugpt::Session::with_gpu(model, g);
+        rows.extend(bench::bench_decode_in(
+            &mut s,
+            a.prompt_len,
+            a.canvas,
+            a.steps,
+            a.answer_len,
+            a.reps,
+        )?);
+    }
+    Ok(Some((rows, format!("cuda:{}:{}", cm.gpu.name, d.name()))))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn bench_gpu(
+    _model: &Gpt2,
+    device: ComputeDevice,
+    _dtype: Option<candle_core::DType>,
+    _a: &BenchArgs,
+) -> Result<Option<(Vec<bench::BenchRow>, String)>> {
+    if device == ComputeDevice::Cuda {
+        eprintln!(
+            "diffugpt: CUDA requested but not available (this build has no CUDA support: cargo feature `cuda`); running on the CPU"
+        );
+    }
+    Ok(None)
 }
