@@ -198,23 +198,35 @@ fn check_complete(dir: &Path, step: usize) -> Result<()> {
     Ok(())
 }
 
-/// Removes the `latest` and `best` pointers (a fresh run starting over in this directory): the
-/// old run can no longer be resumed by mistake, and no pointer ever names a checkpoint the new run
-/// replaces. The `step-*` directories are left alone.
-pub fn forget_pointers(root: &Path) -> Result<()> {
-    let mut removed = false;
-    for p in POINTERS {
-        let path = root.join(p);
-        match std::fs::remove_file(&path) {
-            Ok(()) => removed = true,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
-        }
+/// A fresh run starting over in a directory that holds another run's checkpoints: the whole
+/// `root` is renamed to `<root>.previous-N` (the first N free), one atomic rename. Nothing of the
+/// old run is lost, it can no longer be resumed by mistake, and its higher-numbered `step-*`
+/// directories cannot crowd the new run's out of keep-last-N. Returns where it went, or `None`
+/// when `root` holds no checkpoint (missing, empty, or only pointers).
+pub fn archive_previous_run(root: &Path) -> Result<Option<PathBuf>> {
+    let has_checkpoint = match std::fs::read_dir(root) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .any(|n| parse_step_name(&n).is_some()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", root.display())),
+    };
+    if !has_checkpoint {
+        return Ok(None);
     }
-    if removed {
-        fsync_dir(root)?;
-    }
-    Ok(())
+    let name = root
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("checkpoint directory has no name")?;
+    let parent = root.parent().unwrap_or(Path::new("."));
+    let dest = (1..)
+        .map(|n| parent.join(format!("{name}.previous-{n}")))
+        .find(|p| !p.exists())
+        .expect("an unbounded range always has a free name");
+    std::fs::rename(root, &dest)
+        .with_context(|| format!("moving {} to {}", root.display(), dest.display()))?;
+    fsync_dir(parent)?;
+    Ok(Some(dest))
 }
 
 /// Deletes all but the newest `keep` checkpoints (by step), never one `latest` or `best` names.
@@ -530,16 +542,27 @@ mod tests {
     }
 
     #[test]
-    fn forget_pointers_removes_only_the_pointers() {
+    fn a_fresh_run_archives_the_previous_one_whole() {
         let tmp = tempfile::tempdir().unwrap();
-        fake_checkpoint(tmp.path(), 1);
-        point(tmp.path(), "latest", 1);
-        point(tmp.path(), "best", 1);
-        forget_pointers(tmp.path()).unwrap();
-        assert_eq!(names(tmp.path()), ["step-00000001"]);
-        assert_eq!(latest(tmp.path()).unwrap(), None);
-        forget_pointers(tmp.path()).unwrap();
-        forget_pointers(&tmp.path().join("none")).unwrap();
+        let root = tmp.path().join("checkpoints");
+        // Nothing to archive: no directory, an empty one, pointers only.
+        assert_eq!(archive_previous_run(&root).unwrap(), None);
+        std::fs::create_dir(&root).unwrap();
+        std::fs::write(root.join("latest"), "step-00000001").unwrap();
+        assert_eq!(archive_previous_run(&root).unwrap(), None);
+        std::fs::remove_file(root.join("latest")).unwrap();
+        for round in 1..=2 {
+            fake_checkpoint(&root, 100);
+            point(&root, "latest", 100);
+            let dest = archive_previous_run(&root).unwrap().unwrap();
+            assert_eq!(
+                dest,
+                tmp.path().join(format!("checkpoints.previous-{round}"))
+            );
+            assert!(!root.exists());
+            assert_eq!(names(&dest), ["latest", "step-00000100"]);
+            assert_eq!(latest(&dest).unwrap(), Some(dest.join("step-00000100")));
+        }
     }
 
     fn tiny() -> (Gpt2, AdamW) {

@@ -405,8 +405,9 @@ fn remove_stale_temps(cfg: &TrainConfig) -> Result<()> {
 /// Whatever earlier invocations left is made consistent first: stale temporaries of killed writes
 /// are deleted, and `metrics.jsonl` is cut back to the steps up to the checkpoint resumed from
 /// (see [`truncate_metrics`]). A fresh start (`resume == false`) in a directory with checkpoints
-/// begins a new run: it drops the `latest` and `best` pointers of the old one (its `step-*`
-/// directories stay until replaced or pruned) and starts `metrics.jsonl` over.
+/// begins a new run: the old run's `checkpoints/` is moved aside whole to
+/// `checkpoints.previous-N` (see [`checkpoint::archive_previous_run`]) and `metrics.jsonl` starts
+/// over.
 pub fn train(
     cfg: &TrainConfig,
     config_path: Option<&Path>,
@@ -442,7 +443,12 @@ pub fn train(
         }
         (true, None) => bail!("--resume: no checkpoint under {}", ckpt_dir.display()),
         (false, _) => {
-            checkpoint::forget_pointers(&ckpt_dir)?;
+            if let Some(old) = checkpoint::archive_previous_run(&ckpt_dir)? {
+                eprintln!(
+                    "fresh start: the previous run's checkpoints were moved to {}",
+                    old.display()
+                );
+            }
             (
                 initial_model(cfg, train_data.pad_id(), train_data.vocab_size())?,
                 None,
@@ -559,6 +565,9 @@ pub fn train(
                 rng: rng.state(),
                 best_val,
             };
+            // The log up to this step reaches the disk before the checkpoint that vouches for it
+            // (a power cut must not leave a checkpoint whose steps are missing from the log).
+            metrics.sync_data().context("syncing metrics.jsonl")?;
             checkpoint::save(&ckpt_dir, &model, &opt, &st, is_best, cfg.keep_last)?;
         }
         if stopping && !last {

@@ -174,12 +174,20 @@ fn a_dangling_latest_is_reported_and_a_fresh_start_replaces_it() {
     assert_eq!(metric_lines(&out.join("metrics.jsonl")).len(), 3);
     assert!(ckpts.join("step-00000002").is_dir());
 
-    // Starting over is the explicit way out: the old pointers go, the log starts over.
+    // Starting over is the explicit way out: the old run is moved aside whole (nothing lost, and
+    // its step-2 cannot crowd the new run out of keep-last-N), the log starts over.
     let losses = train(&cfg, None, false, Some(1)).unwrap();
     assert_eq!(losses.len(), 1);
     assert_eq!(
         diffugpt_training::checkpoint::latest(&ckpts).unwrap(),
         Some(ckpts.join("step-00000001"))
+    );
+    assert!(!ckpts.join("step-00000002").exists());
+    let old = out.join("checkpoints.previous-1");
+    assert!(old.join("step-00000002").is_dir(), "the old run is kept");
+    assert_eq!(
+        std::fs::read_to_string(old.join("latest")).unwrap(),
+        "step-00000009"
     );
     assert_eq!(
         metric_lines(&out.join("metrics.jsonl")),
