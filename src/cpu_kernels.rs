@@ -40,6 +40,7 @@ pub fn exp_f32(x: f32) -> f32 {
     }
 }
 
+#[inline(always)]
 fn row_max(x: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; LANES];
     let mut chunks = x.chunks_exact(LANES);
@@ -59,8 +60,32 @@ fn row_max(x: &[f32]) -> f32 {
     m
 }
 
+/// Whether the AVX-512 builds of the row kernels below can run. The default x86-64 target has
+/// no SSE4.1, so without them `floor` in [`exp_f32`] is a libm call and nothing vectorises.
+#[cfg(target_arch = "x86_64")]
+fn simd_rows() -> bool {
+    std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("fma")
+}
+
 /// In place: x <- softmax(scale * x) along one row.
 pub fn softmax_row(x: &mut [f32], scale: f32) {
+    #[cfg(target_arch = "x86_64")]
+    if simd_rows() {
+        // SAFETY: the CPU has the features the function is compiled for.
+        unsafe { softmax_row_avx512(x, scale) };
+        return;
+    }
+    softmax_row_body(x, scale)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn softmax_row_avx512(x: &mut [f32], scale: f32) {
+    softmax_row_body(x, scale)
+}
+
+#[inline(always)]
+fn softmax_row_body(x: &mut [f32], scale: f32) {
     let m = row_max(x) * scale;
     let mut acc = [0f32; LANES];
     let mut chunks = x.chunks_exact_mut(LANES);
@@ -130,6 +155,30 @@ impl InplaceOp1 for ScaledSoftmax {
     }
 }
 
+/// In place: r <- gelu_new(r + bias).
+pub fn bias_gelu_row(r: &mut [f32], bias: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if simd_rows() {
+        // SAFETY: the CPU has the features the function is compiled for.
+        unsafe { bias_gelu_row_avx512(r, bias) };
+        return;
+    }
+    bias_gelu_row_body(r, bias)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn bias_gelu_row_avx512(r: &mut [f32], bias: &[f32]) {
+    bias_gelu_row_body(r, bias)
+}
+
+#[inline(always)]
+fn bias_gelu_row_body(r: &mut [f32], bias: &[f32]) {
+    for (v, &bb) in r.iter_mut().zip(bias) {
+        *v = gelu_tanh(*v + bb);
+    }
+}
+
 struct BiasGelu;
 
 impl InplaceOp2 for BiasGelu {
@@ -159,9 +208,7 @@ impl InplaceOp2 for BiasGelu {
         x.par_chunks_mut(n * rows_per_task(n, rows))
             .for_each(|block| {
                 for r in block.chunks_exact_mut(n) {
-                    for (v, &bb) in r.iter_mut().zip(bias) {
-                        *v = gelu_tanh(*v + bb);
-                    }
+                    bias_gelu_row(r, bias);
                 }
             });
         Ok(())
@@ -238,32 +285,43 @@ pub fn fused_attention(
         let (bi, h) = (task / n_head, task % n_head);
         let base = src[bi * t * three_e..].as_ptr();
         let mut scores = vec![0f32; t * t];
-        // SAFETY: all offsets stay inside `src` (t rows of 3e from the sequence start) and
-        // `out` (t rows of e); strides are in elements; each task writes only its head's
-        // d columns of its own sequence's rows.
-        unsafe {
-            // scores[i, j] = q_i . k_j
-            gemm::gemm(
-                t,
-                t,
-                d,
-                scores.as_mut_ptr(),
-                1,
-                t as isize,
-                false,
-                base.add(h * d),
-                1,
-                three_e as isize,
-                base.add(e + h * d),
-                three_e as isize,
-                1,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
+        let head = |part: usize, r: usize, c: usize| {
+            src[bi * t * three_e + r * three_e + part * e + h * d + c]
+        };
+        let own_gemm = crate::cpu_gemm::available();
+        if own_gemm {
+            // Contiguous copies (t x d each, small next to the t x t scores) let the AVX-512
+            // kernel stream them: scores = q @ k^T with k^T laid out [d, t].
+            let q: Vec<f32> = (0..t * d).map(|i| head(0, i / d, i % d)).collect();
+            let kt: Vec<f32> = (0..d * t).map(|i| head(1, i % t, i / t)).collect();
+            crate::cpu_gemm::matmul_nn_serial(&q, &kt, &mut scores, t, d, t);
+        } else {
+            // SAFETY: all offsets stay inside `src` (t rows of 3e from the sequence start);
+            // strides are in elements.
+            unsafe {
+                // scores[i, j] = q_i . k_j
+                gemm::gemm(
+                    t,
+                    t,
+                    d,
+                    scores.as_mut_ptr(),
+                    1,
+                    t as isize,
+                    false,
+                    base.add(h * d),
+                    1,
+                    three_e as isize,
+                    base.add(e + h * d),
+                    three_e as isize,
+                    1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
         }
         for (i, row) in scores.chunks_exact_mut(t).enumerate() {
             if causal {
@@ -273,6 +331,25 @@ pub fn fused_attention(
                 softmax_row(row, scale);
             }
         }
+        if own_gemm {
+            let v: Vec<f32> = (0..t * d).map(|i| head(2, i / d, i % d)).collect();
+            let mut o = vec![0f32; t * d];
+            crate::cpu_gemm::matmul_nn_serial(&scores, &v, &mut o, t, t, d);
+            for (r, row) in o.chunks_exact(d).enumerate() {
+                // SAFETY: row r of this sequence, this head's d columns: inside `out`, written
+                // by this task only.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        row.as_ptr(),
+                        out_ptr.get().add((bi * t + r) * e + h * d),
+                        d,
+                    )
+                };
+            }
+            return;
+        }
+        // SAFETY: as above, and each task writes only its head's d columns of its own
+        // sequence's rows of `out`.
         unsafe {
             // out[:, head] = P @ v
             gemm::gemm(
@@ -300,6 +377,64 @@ pub fn fused_attention(
     });
     drop(storage);
     Ok(Tensor::from_vec(out, (rows, e), qkv.device())?)
+}
+
+/// `x [M, K] @ w (+ bias)` with the kernels of [`crate::cpu_gemm`], where `w` is `[K, N]` or, with
+/// `w_rows_are_outputs`, `[N, K]` (the tied head). `None` when they do not apply (no AVX-512,
+/// fewer than [`crate::cpu_gemm::MIN_ROWS`] rows, not contiguous f32 on the CPU): use the general
+/// path then.
+pub fn weights_matmul(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    w_rows_are_outputs: bool,
+) -> Result<Option<Tensor>> {
+    let (m, k) = x.dims2()?;
+    if m < crate::cpu_gemm::MIN_ROWS || !crate::cpu_gemm::available() {
+        return Ok(None);
+    }
+    let (wr, wc) = w.dims2()?;
+    let (wk, n) = if w_rows_are_outputs {
+        (wc, wr)
+    } else {
+        (wr, wc)
+    };
+    if wk != k || bias.is_some_and(|b| b.dims() != [n]) {
+        return Ok(None);
+    }
+    let x = x.contiguous()?;
+    let (xs, xl) = x.storage_and_layout();
+    let (ws, wl) = w.storage_and_layout();
+    let bs = bias.map(|b| b.storage_and_layout());
+    fn f32s<'a>(s: &'a candle_core::Storage, l: &Layout) -> Option<&'a [f32]> {
+        let (a, b) = l.contiguous_offsets()?;
+        match s {
+            candle_core::Storage::Cpu(CpuStorage::F32(v)) => Some(&v[a..b]),
+            _ => None,
+        }
+    }
+    let (Some(xv), Some(wv)) = (f32s(&xs, xl), f32s(&ws, wl)) else {
+        return Ok(None);
+    };
+    let bv = match &bs {
+        Some((g, l)) => match f32s(g, l) {
+            Some(v) => Some(v),
+            None => return Ok(None),
+        },
+        None => None,
+    };
+    let mut out = vec![0f32; m * n];
+    if w_rows_are_outputs {
+        crate::cpu_gemm::matmul_nt(xv, wv, &mut out, m, k, n);
+        if let Some(b) = bv {
+            out.chunks_exact_mut(n)
+                .for_each(|r| r.iter_mut().zip(b).for_each(|(o, b)| *o += b));
+        }
+    } else {
+        crate::cpu_gemm::matmul_nn(xv, wv, bv, &mut out, m, k, n);
+    }
+    drop((xs, ws, bs));
+    Ok(Some(Tensor::from_vec(out, (m, n), x.device())?))
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@
 
 pub mod bench;
 pub mod config;
+pub mod cpu_gemm;
 pub mod cpu_kernels;
 #[cfg(feature = "cuda")]
 pub mod cuda;

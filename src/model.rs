@@ -193,7 +193,7 @@ impl Gpt2 {
         let (b, t, e) = x.dims3()?;
         let (nh, hd) = (self.cfg.n_head, self.cfg.head_dim());
         let h = self.layer_norm(x, &blk.ln_1)?.reshape((b * t, e))?;
-        let qkv = linear(&h, &blk.c_attn_w, &blk.c_attn_b)?;
+        let qkv = self.linear(&h, &blk.c_attn_w, &blk.c_attn_b)?;
         let fused_mask = match mask {
             AttnMask::Bidirectional => Some(false),
             AttnMask::Causal => Some(true),
@@ -242,23 +242,46 @@ impl Gpt2 {
     fn block_tail(&self, blk: &Block, x: &Tensor, y: &Tensor) -> Result<Tensor> {
         let (b, t, e) = x.dims3()?;
         let fast = self.fast_cpu();
-        let y = linear(y, &blk.attn_proj_w, &blk.attn_proj_b)?.reshape((b, t, e))?;
+        let y = self
+            .linear(y, &blk.attn_proj_w, &blk.attn_proj_b)?
+            .reshape((b, t, e))?;
         let x = (x + y)?;
         let h = self.layer_norm(&x, &blk.ln_2)?.reshape((b * t, e))?;
         let m = match self.cfg.activation {
             Activation::GeluTanh if fast => {
-                crate::cpu_kernels::bias_gelu_inplace(h.matmul(&blk.c_fc_w)?, &blk.c_fc_b)?
+                let y = match crate::cpu_kernels::weights_matmul(&h, &blk.c_fc_w, None, false)? {
+                    Some(y) => y,
+                    None => h.matmul(&blk.c_fc_w)?,
+                };
+                crate::cpu_kernels::bias_gelu_inplace(y, &blk.c_fc_b)?
             }
             Activation::GeluTanh => linear(&h, &blk.c_fc_w, &blk.c_fc_b)?.gelu()?,
             Activation::GeluErf => linear(&h, &blk.c_fc_w, &blk.c_fc_b)?.gelu_erf()?,
         };
-        let m = linear(&m, &blk.mlp_proj_w, &blk.mlp_proj_b)?.reshape((b, t, e))?;
+        let m = self
+            .linear(&m, &blk.mlp_proj_w, &blk.mlp_proj_b)?
+            .reshape((b, t, e))?;
         Ok((x + m)?)
     }
 
     /// Logits `[rows, vocab]` for hidden states `[rows, n_embd]`.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        if self.fast_cpu() {
+            if let Some(y) = crate::cpu_kernels::weights_matmul(hidden, self.head(), None, true)? {
+                return Ok(y);
+            }
+        }
         Ok(hidden.matmul(&self.head().t()?)?)
+    }
+
+    /// `x @ w + b`, through the kernels of [`crate::cpu_gemm`] on the fast path.
+    fn linear(&self, x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+        if self.fast_cpu() {
+            if let Some(y) = crate::cpu_kernels::weights_matmul(x, w, Some(b), false)? {
+                return Ok(y);
+            }
+        }
+        linear(x, w, b)
     }
 
     /// Convenience: full logits `[T, vocab]` for one sequence (row i from hidden state i).

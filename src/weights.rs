@@ -396,7 +396,7 @@ fn resolve_config(hf: &HfConfig, layout: Layout, st: &SafeTensors) -> Result<Mod
     let n_head = match hf.n_head {
         Some(h) => h,
         // Without a config the head count is not in any shape; GPT-2 always uses 64-wide heads.
-        None if n_embd % 64 == 0 => n_embd / 64,
+        None if n_embd.is_multiple_of(64) => n_embd / 64,
         None => {
             return Err(Error::Config(format!(
                 "n_head is not given (no config.json, or none in it) and n_embd {n_embd} is not a multiple of 64: cannot infer it"

@@ -93,6 +93,23 @@ fn sparse_tokenizer_ids_are_checked_by_their_largest_id() {
     }
 }
 
+/// Ids can also repeat (two tokens share id 5): the token count is then above the largest id + 1,
+/// and the bound, not the count, is what a model must cover.
+#[test]
+fn duplicate_tokenizer_ids_are_bounded_by_the_largest_id() {
+    let tok = Tokenizer::from_file(&fixture("fuzz/duplicate_ids_wordlevel.json")).unwrap();
+    // The largest id is 10 ("?" and "<|endoftext|>"; the added token reuses the vocab's id).
+    assert_eq!(tok.id_bound(), 11);
+    assert!(tok.vocab_size() > tok.id_bound(), "{}", tok.vocab_size());
+    tok.check_against_model(11).unwrap();
+    assert!(matches!(
+        tok.check_against_model(10),
+        Err(Error::Tokenizer(m)) if m.contains("id 10")
+    ));
+    let ids = tok.encode("the cat sat <|endoftext|>").unwrap();
+    assert!(!ids.is_empty() && ids.iter().all(|&i| i < 11), "{ids:?}");
+}
+
 /// A huge (finite, hence accepted) margin ratio overflowed the cut length; it must keep the
 /// whole canvas instead.
 #[test]

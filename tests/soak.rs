@@ -162,11 +162,11 @@ fn request(i: usize) -> Request {
             p.oracle_len = (i % 4) as u32;
             p.margin = 1;
             p.margin_ratio = 0.0;
-            p.grow = i % 3 != 0;
+            p.grow = !i.is_multiple_of(3);
         }
         _ => p.length_mode = DGPT_LENGTH_EOS_FIRST, // quantile 0.9, margin max(8, 25%)
     }
-    p.ban_mask = i % 7 != 0;
+    p.ban_mask = !i.is_multiple_of(7);
     p.arm = i % 23 == 5;
     if i % 3 == 2 {
         // Token-id prompt (ids spread over the vocabulary, away from the special ids).

@@ -54,8 +54,9 @@ fn arbitrary_tokenizer(payload: &[u8]) {
         return;
     };
     // Ids may be sparse: the bound that must fit the model is the largest id + 1, not the count.
+    // (The token count may be above or below it: ids can repeat as well as skip,
+    // regressions/tokenizer_frontend/duplicate-ids-count-above-bound.bin.)
     let v = tok.id_bound();
-    assert!(tok.vocab_size() <= v || v == 0);
     tok.check_against_model(v)
         .expect("a model with id_bound rows fits the tokenizer");
     assert!(tok.check_against_model(v.saturating_sub(1)).is_err() || v == 0);

@@ -190,7 +190,9 @@ impl CudaModel {
     /// Uploads `model`'s weights in `dtype`. Checks first what the kernels support.
     pub fn upload(gpu: Arc<Gpu>, model: &Gpt2, dtype: GpuDtype) -> Result<Self> {
         let cfg = model.cfg.clone();
-        if !super::kernels::attention_supports(cfg.head_dim()) || cfg.n_embd % cfg.n_head != 0 {
+        if !super::kernels::attention_supports(cfg.head_dim())
+            || !cfg.n_embd.is_multiple_of(cfg.n_head)
+        {
             return Err(Error::Cuda(format!(
                 "head dim {} is not supported by the attention kernel (16, 32, 64)",
                 cfg.head_dim()

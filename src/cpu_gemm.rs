@@ -1,0 +1,504 @@
+//! Small-canvas matrix products for the inference forward on x86-64 CPUs with AVX-512.
+//!
+//! After the EoS-first cut, every remaining denoising step runs on a short canvas (tens of
+//! positions), where a general GEMM spends much of its time packing the weight matrix into its
+//! own layout on every call: the weights are read twice and written once for a product that
+//! uses each of them only `M` times. These kernels read the weights once, in the layout they
+//! have in memory, and keep a block of `M` rows of activations in registers and L1/L2:
+//!
+//! * [`matmul_nn`]: `x [M, K] @ w [K, N]` — the Conv1D projections (`[in, out]` weights); a
+//!   strip of 32 output columns at a time, `MR` activation rows against it, the strip re-read
+//!   from L2 for each row block;
+//! * [`matmul_nt`]: `x [M, K] @ w[N, K]^T` — the tied LM head (embedding rows); dot products
+//!   along `K`, 4 rows x 4 vocabulary entries per register block.
+//!
+//! Both split the output columns across rayon's threads and are used only where they beat the
+//! general path (short canvases, measured in `benches/README.md`); `tests` below check them
+//! against a plain triple loop on random shapes, remainders included.
+
+use rayon::prelude::*;
+
+/// Whether the AVX-512 kernels can run on this CPU.
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Below this many rows (ARM decoding with a KV cache: one row) a matrix-vector product is
+/// memory-bound and candle's GEMV is faster (measured: 0.3-0.6x of it at one row); from 4 rows
+/// on these kernels win. (Crate-private: cbindgen would otherwise export it into the C header.)
+pub(crate) const MIN_ROWS: usize = 4;
+
+/// Output columns per strip of [`matmul_nn`] (two 16-lane registers).
+const NR: usize = 32;
+/// Activation rows per register block of [`matmul_nn`].
+const MR: usize = 8;
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: each task writes a disjoint set of output columns.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+/// `out[M, N] = x[M, K] @ w[K, N] (+ bias[N])`, all row-major and contiguous.
+///
+/// # Panics
+/// If the slices do not have the stated sizes or the CPU lacks AVX-512 (check [`available`]).
+pub fn matmul_nn(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) {
+    assert!(available(), "matmul_nn needs AVX-512");
+    assert_eq!(x.len(), m * k);
+    assert_eq!(w.len(), k * n);
+    assert_eq!(out.len(), m * n);
+    if let Some(b) = bias {
+        assert_eq!(b.len(), n);
+    }
+    let strips = n.div_ceil(NR);
+    // A few tasks per thread, each a run of whole strips (a column range).
+    let per_task = strips.div_ceil(rayon::current_num_threads() * 2).max(1);
+    let optr = SendPtr(out.as_mut_ptr());
+    (0..strips.div_ceil(per_task))
+        .into_par_iter()
+        .for_each(|task| {
+            let o = optr;
+            let s0 = task * per_task;
+            let s1 = ((task + 1) * per_task).min(strips);
+            // SAFETY: AVX-512 checked above; indices stay inside the asserted sizes; this task
+            // alone writes columns s0*NR..min(s1*NR, n).
+            unsafe { x86::columns_nn(x, w, bias, o.0, m, k, n, s0 * NR, (s1 * NR).min(n)) };
+        });
+}
+
+/// [`matmul_nn`] on the calling thread only (for callers already parallel over other work,
+/// such as attention over heads); no bias.
+///
+/// # Panics
+/// As [`matmul_nn`].
+pub fn matmul_nn_serial(x: &[f32], w: &[f32], out: &mut [f32], m: usize, k: usize, n: usize) {
+    assert!(available(), "matmul_nn_serial needs AVX-512");
+    assert_eq!(x.len(), m * k);
+    assert_eq!(w.len(), k * n);
+    assert_eq!(out.len(), m * n);
+    // SAFETY: AVX-512 checked; sizes asserted; `out` is exclusively borrowed.
+    unsafe { x86::columns_nn(x, w, None, out.as_mut_ptr(), m, k, n, 0, n) };
+}
+
+/// `out[M, N] = x[M, K] @ w[N, K]^T`, all row-major and contiguous.
+///
+/// # Panics
+/// If the slices do not have the stated sizes or the CPU lacks AVX-512 (check [`available`]).
+pub fn matmul_nt(x: &[f32], w: &[f32], out: &mut [f32], m: usize, k: usize, n: usize) {
+    assert!(available(), "matmul_nt needs AVX-512");
+    assert_eq!(x.len(), m * k);
+    assert_eq!(w.len(), n * k);
+    assert_eq!(out.len(), m * n);
+    const NB: usize = 256;
+    let optr = SendPtr(out.as_mut_ptr());
+    (0..n.div_ceil(NB)).into_par_iter().for_each(|blk| {
+        let o = optr;
+        let n0 = blk * NB;
+        // SAFETY: as in matmul_nn; this task alone writes columns n0..n0+NB.
+        unsafe { x86::block_nt(x, w, o.0, m, k, n, n0, NB.min(n - n0)) };
+    });
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{MR, NR};
+    use std::arch::x86_64::*;
+
+    /// Masks of the two 16-lane halves of a strip with `cols <= 32` columns.
+    fn strip_masks(cols: usize) -> (__mmask16, __mmask16) {
+        let m0 = if cols >= 16 {
+            0xffff
+        } else {
+            ((1u32 << cols) - 1) as u16
+        };
+        let m1 = if cols <= 16 {
+            0
+        } else if cols >= 32 {
+            0xffff
+        } else {
+            ((1u32 << (cols - 16)) - 1) as u16
+        };
+        (m0, m1)
+    }
+
+    /// Output columns `c0..c1` (whole strips but the last), all `m` rows.
+    ///
+    /// The weight rows are walked in blocks of `KC`: a block of rows restricted to `c0..c1` is a
+    /// set of long contiguous runs, which the hardware prefetcher streams from DRAM at full
+    /// speed (a 32-column strip over all of `K` would be 128-byte pieces 4*N bytes apart, and
+    /// runs at a fraction of it). The partial sums live in `out` between blocks (L2-resident).
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn columns_nn(
+        x: &[f32],
+        w: &[f32],
+        bias: Option<&[f32]>,
+        out: *mut f32,
+        m: usize,
+        k: usize,
+        n: usize,
+        c0: usize,
+        c1: usize,
+    ) {
+        const KC: usize = 64;
+        let strips = (c1 - c0).div_ceil(NR);
+        let lines_per_row = (c1 - c0).div_ceil(16);
+        let mut kb = 0;
+        while kb < k {
+            let kc = KC.min(k - kb);
+            // Prefetch the next block of weight rows in address order, a share per strip, so
+            // DRAM sees long sequential runs one block ahead of the arithmetic.
+            let next = kb + kc;
+            let next_lines = KC.min(k.saturating_sub(next)) * lines_per_row;
+            let per_strip = next_lines.div_ceil(strips);
+            let mut line = 0;
+            let mut n0 = c0;
+            while n0 < c1 {
+                for _ in 0..per_strip {
+                    if line >= next_lines {
+                        break;
+                    }
+                    let (row, l) = (line / lines_per_row, line % lines_per_row);
+                    let p = w.as_ptr().add((next + row) * n + c0 + 16 * l);
+                    _mm_prefetch::<_MM_HINT_T1>(p as *const i8);
+                    line += 1;
+                }
+                let cols = NR.min(c1 - n0);
+                let (m0, m1) = strip_masks(cols);
+                let mut r = 0;
+                while r < m {
+                    let rows = MR.min(m - r);
+                    macro_rules! go {
+                        ($R:literal) => {
+                            rows_nn::<$R>(x, w, bias, out, k, n, n0, r, kb, kc, m0, m1)
+                        };
+                    }
+                    match rows {
+                        8 => go!(8),
+                        7 => go!(7),
+                        6 => go!(6),
+                        5 => go!(5),
+                        4 => go!(4),
+                        3 => go!(3),
+                        2 => go!(2),
+                        _ => go!(1),
+                    }
+                    r += rows;
+                }
+                n0 += NR;
+            }
+            kb += kc;
+        }
+    }
+
+    /// Rows `r0..r0+R` x one strip at `n0`, over weight rows `kb..kb+kc`: starts from the bias
+    /// (or zero) on the first block, from the partial sums in `out` after it.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    unsafe fn rows_nn<const R: usize>(
+        x: &[f32],
+        w: &[f32],
+        bias: Option<&[f32]>,
+        out: *mut f32,
+        k: usize,
+        n: usize,
+        n0: usize,
+        r0: usize,
+        kb: usize,
+        kc: usize,
+        m0: __mmask16,
+        m1: __mmask16,
+    ) {
+        let mut acc0 = [_mm512_setzero_ps(); R];
+        let mut acc1 = [_mm512_setzero_ps(); R];
+        for i in 0..R {
+            let o = out.add((r0 + i) * n + n0);
+            if kb > 0 {
+                acc0[i] = _mm512_maskz_loadu_ps(m0, o);
+                acc1[i] = _mm512_maskz_loadu_ps(m1, o.add(16));
+            } else if let Some(b) = bias {
+                acc0[i] = _mm512_maskz_loadu_ps(m0, b.as_ptr().add(n0));
+                acc1[i] = _mm512_maskz_loadu_ps(m1, b.as_ptr().add(n0 + 16));
+            }
+        }
+        let xp = x.as_ptr().add(r0 * k + kb);
+        let mut wp = w.as_ptr().add(kb * n + n0);
+        for kk in 0..kc {
+            let w0 = _mm512_maskz_loadu_ps(m0, wp);
+            let w1 = _mm512_maskz_loadu_ps(m1, wp.add(16));
+            for i in 0..R {
+                let a = _mm512_set1_ps(*xp.add(i * k + kk));
+                acc0[i] = _mm512_fmadd_ps(a, w0, acc0[i]);
+                acc1[i] = _mm512_fmadd_ps(a, w1, acc1[i]);
+            }
+            wp = wp.add(n);
+        }
+        for i in 0..R {
+            let o = out.add((r0 + i) * n + n0);
+            _mm512_mask_storeu_ps(o, m0, acc0[i]);
+            _mm512_mask_storeu_ps(o.add(16), m1, acc1[i]);
+        }
+    }
+
+    /// Output columns `n0..n0+cols` of `x @ w^T` for all `m` rows.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn block_nt(
+        x: &[f32],
+        w: &[f32],
+        out: *mut f32,
+        m: usize,
+        k: usize,
+        n: usize,
+        n0: usize,
+        cols: usize,
+    ) {
+        let mut c = 0;
+        while c < cols {
+            let nc = 4.min(cols - c);
+            let mut r = 0;
+            while r < m {
+                let nr = 4.min(m - r);
+                if nr == 4 && nc == 4 {
+                    tile_nt::<4, 4>(x, w, out, k, n, r, n0 + c);
+                } else {
+                    for i in 0..nr {
+                        for j in 0..nc {
+                            tile_nt::<1, 1>(x, w, out, k, n, r + i, n0 + c + j);
+                        }
+                    }
+                }
+                r += nr;
+            }
+            c += nc;
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    #[allow(clippy::needless_range_loop)] // parallel register arrays, indexed in step
+    unsafe fn tile_nt<const R: usize, const C: usize>(
+        x: &[f32],
+        w: &[f32],
+        out: *mut f32,
+        k: usize,
+        n: usize,
+        r0: usize,
+        c0: usize,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); C]; R];
+        let xp = x.as_ptr().add(r0 * k);
+        let wp = w.as_ptr().add(c0 * k);
+        let mut kk = 0;
+        while kk < k {
+            let mask: __mmask16 = if k - kk >= 16 {
+                0xffff
+            } else {
+                ((1u32 << (k - kk)) - 1) as u16
+            };
+            let mut wv = [_mm512_setzero_ps(); C];
+            for j in 0..C {
+                wv[j] = _mm512_maskz_loadu_ps(mask, wp.add(j * k + kk));
+            }
+            for i in 0..R {
+                let xv = _mm512_maskz_loadu_ps(mask, xp.add(i * k + kk));
+                for j in 0..C {
+                    acc[i][j] = _mm512_fmadd_ps(xv, wv[j], acc[i][j]);
+                }
+            }
+            kk += 16;
+        }
+        for i in 0..R {
+            for j in 0..C {
+                *out.add((r0 + i) * n + c0 + j) = _mm512_reduce_add_ps(acc[i][j]);
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+mod x86 {
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn columns_nn(
+        _: &[f32],
+        _: &[f32],
+        _: Option<&[f32]>,
+        _: *mut f32,
+        _: usize,
+        _: usize,
+        _: usize,
+        _: usize,
+        _: usize,
+    ) {
+        unreachable!("available() is false off x86-64")
+    }
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn block_nt(
+        _: &[f32],
+        _: &[f32],
+        _: *mut f32,
+        _: usize,
+        _: usize,
+        _: usize,
+        _: usize,
+        _: usize,
+    ) {
+        unreachable!("available() is false off x86-64")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rand_vec(len: usize, seed: &mut u64) -> Vec<f32> {
+        (0..len)
+            .map(|_| {
+                *seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((*seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Plain triple loop in f64: the reference.
+    fn reference(
+        x: &[f32],
+        w: &[f32],
+        bias: Option<&[f32]>,
+        m: usize,
+        k: usize,
+        n: usize,
+        nt: bool,
+    ) -> Vec<f32> {
+        let mut out = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = bias.map_or(0.0, |b| b[j] as f64);
+                for l in 0..k {
+                    let wv = if nt { w[j * k + l] } else { w[l * n + j] };
+                    s += x[i * k + l] as f64 * wv as f64;
+                }
+                out[i * n + j] = s as f32;
+            }
+        }
+        out
+    }
+
+    /// Max |a - b| relative to the reference's scale, sqrt(k) for unit-range inputs.
+    fn check(got: &[f32], want: &[f32], k: usize, what: &str) {
+        let scale = (k as f32).sqrt().max(1.0);
+        let err = got
+            .iter()
+            .zip(want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(err / scale <= 1e-5, "{what}: max err {err} (scale {scale})");
+    }
+
+    /// Shapes around every edge: row counts around MR and 1, columns around the 32-wide strip
+    /// and the 16-lane halves, depths around the 64-row weight block and the 16-lane dot chunk.
+    const SHAPES: &[(usize, usize, usize)] = &[
+        (1, 1, 1),
+        (4, 16, 32),
+        (7, 17, 33),
+        (8, 64, 48),
+        (9, 65, 16),
+        (13, 130, 100),
+        (16, 768, 64),
+        (33, 200, 97),
+        (64, 129, 257),
+    ];
+
+    #[test]
+    fn nn_matches_the_reference_on_random_shapes() {
+        if !available() {
+            eprintln!("skipped: no AVX-512 on this CPU (the model uses the general path)");
+            return;
+        }
+        let mut seed = 1;
+        for &(m, k, n) in SHAPES {
+            let x = rand_vec(m * k, &mut seed);
+            let w = rand_vec(k * n, &mut seed);
+            let b = rand_vec(n, &mut seed);
+            for bias in [None, Some(&b[..])] {
+                // Garbage in the output must not leak into the result.
+                let mut out = vec![f32::NAN; m * n];
+                matmul_nn(&x, &w, bias, &mut out, m, k, n);
+                let want = reference(&x, &w, bias, m, k, n, false);
+                check(
+                    &out,
+                    &want,
+                    k,
+                    &format!("nn {m}x{k}x{n} bias={}", bias.is_some()),
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn serial_nn_matches_the_reference() {
+        if !available() {
+            eprintln!("skipped: no AVX-512 on this CPU (the model uses the general path)");
+            return;
+        }
+        let mut seed = 3;
+        for &(m, k, n) in SHAPES {
+            let x = rand_vec(m * k, &mut seed);
+            let w = rand_vec(k * n, &mut seed);
+            let mut out = vec![f32::NAN; m * n];
+            matmul_nn_serial(&x, &w, &mut out, m, k, n);
+            check(
+                &out,
+                &reference(&x, &w, None, m, k, n, false),
+                k,
+                "serial nn",
+            );
+        }
+    }
+
+    #[test]
+    fn nt_matches_the_reference_on_random_shapes() {
+        if !available() {
+            eprintln!("skipped: no AVX-512 on this CPU (the model uses the general path)");
+            return;
+        }
+        let mut seed = 2;
+        for &(m, k, n) in SHAPES.iter().chain(&[(5, 768, 600)]) {
+            let x = rand_vec(m * k, &mut seed);
+            let w = rand_vec(n * k, &mut seed);
+            let mut out = vec![f32::NAN; m * n];
+            matmul_nt(&x, &w, &mut out, m, k, n);
+            let want = reference(&x, &w, None, m, k, n, true);
+            check(&out, &want, k, &format!("nt {m}x{k}x{n}"));
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "assertion")]
+    fn wrong_sizes_are_refused() {
+        if !available() {
+            panic!("assertion: skipped without AVX-512");
+        }
+        let mut out = vec![0f32; 4];
+        matmul_nn(&[0.0; 3], &[0.0; 4], None, &mut out, 2, 2, 2);
+    }
+}
