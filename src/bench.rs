@@ -40,9 +40,7 @@ pub fn mean_std(xs: &[f64]) -> (f64, f64) {
 /// One forward of `t` positions as the decoder runs it: hidden states for the whole canvas, logits
 /// only for `logit_rows` rows (the masked slots; the decoder never computes the others).
 pub fn forward_once(model: &Gpt2, t: usize, logit_rows: usize) -> Result<()> {
-    let ids: Vec<u32> = (0..t as u32)
-        .map(|i| (i * 7919) % model.cfg.vocab_size as u32)
-        .collect();
+    let ids = bench_ids(model.cfg.vocab_size, t);
     let input = Tensor::from_slice(&ids, (1, t), model.device())?;
     let h = model
         .hidden(&input, &AttnMask::Bidirectional, None)?
@@ -80,20 +78,30 @@ pub fn time_ms(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<Vec<f64
     Ok(out)
 }
 
+/// Deterministic, vocabulary-spread token ids for a benchmark canvas of `t` positions.
+fn bench_ids(vocab: usize, t: usize) -> Vec<u32> {
+    (0..t as u32).map(|i| (i * 7919) % vocab as u32).collect()
+}
+
+/// The table row of a forward benchmark at `t` positions from its per-repetition times.
+fn forward_row(t: usize, ms: &[f64]) -> BenchRow {
+    let (m, s) = mean_std(ms);
+    BenchRow {
+        test: format!("forward-{t}"),
+        mean_ms: m,
+        std_ms: s,
+        per_s: t as f64 / (m / 1e3),
+        steps: 1,
+        forward_passes: 1,
+    }
+}
+
 /// Forward latency at each T (full logits for every row: the worst case).
 pub fn bench_forward(model: &Gpt2, lens: &[usize], reps: usize) -> Result<Vec<BenchRow>> {
     let mut rows = Vec::new();
     for &t in lens {
         let ms = time_ms(reps, || forward_once(model, t, t))?;
-        let (m, s) = mean_std(&ms);
-        rows.push(BenchRow {
-            test: format!("forward-{t}"),
-            mean_ms: m,
-            std_ms: s,
-            per_s: t as f64 / (m / 1e3),
-            steps: 1,
-            forward_passes: 1,
-        });
+        rows.push(forward_row(t, &ms));
     }
     Ok(rows)
 }
@@ -199,24 +207,14 @@ pub fn bench_forward_cuda(
     let (ends, banned) = ([model.ids.eos], [model.ids.mask]);
     let mut rows = Vec::new();
     for &t in lens {
-        let ids: Vec<u32> = (0..t as u32)
-            .map(|i| (i * 7919) % model.cfg.vocab_size as u32)
-            .collect();
+        let ids = bench_ids(model.cfg.vocab_size, t);
         let all: Vec<usize> = (0..t).collect();
         let ms = time_ms(reps, || {
             sess.forward(&ids, false)?;
             sess.decide(&all, &ends, &banned)?;
             Ok(())
         })?;
-        let (m, s) = mean_std(&ms);
-        rows.push(BenchRow {
-            test: format!("forward-{t}"),
-            mean_ms: m,
-            std_ms: s,
-            per_s: t as f64 / (m / 1e3),
-            steps: 1,
-            forward_passes: 1,
-        });
+        rows.push(forward_row(t, &ms));
     }
     Ok(rows)
 }

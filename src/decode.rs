@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::length::{cut_length, LengthPredictor};
-use crate::model::{AttnMask, Gpt2, KvCache};
+use crate::model::{AttnMask, Gpt2, KvCache, LOGIT_CHUNK};
 use crate::rng::Rng;
 use crate::sampler::{argmax, ConfidenceKind, RowChoice, Sampler, SamplingParams};
 
@@ -220,10 +220,6 @@ pub struct Generation {
     pub canvas: Vec<u32>,
     pub stats: GenerationStats,
 }
-
-/// Rows of logits are produced in chunks of this many, so a 1024-slot canvas never holds
-/// 1024 x 50257 floats at once.
-const LOGIT_CHUNK: usize = 32;
 
 /// Per-request decoding state: reusable scratch, so repeated generations on one session allocate
 /// little. A session belongs to one thread at a time; the model may be shared.

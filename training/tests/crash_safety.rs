@@ -17,78 +17,35 @@ use std::time::{Duration, Instant, SystemTime};
 
 use diffugpt::rng::Rng;
 use diffugpt::LoadOptions;
-use diffugpt_training::config::{Diffusion, Init, Optim, Pipeline, TrainConfig};
+use diffugpt_training::config::{Diffusion, Pipeline, TrainConfig};
 use diffugpt_training::data::Kind;
-use diffugpt_training::prepare::{prepare, PadVariant, PrepareOptions, Splitter};
+use diffugpt_training::prepare::PadVariant;
+
+mod common;
+use common::tiny_scratch;
 
 const BIN: &str = env!("CARGO_BIN_EXE_diffugpt-train");
 const KILLS: usize = 20;
 /// Enough that 20 rounds (at most 3 checkpoints each, ~1.5 on average) never finish the run.
 const STEPS: usize = 60;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// Padded (one document per row) data from the fixture corpus, as `pipeline.rs` prepares it.
-fn prep(out: &Path) -> PathBuf {
-    let mut o = PrepareOptions::new(
-        root().join("training/tests/fixtures/corpus/fortunes.txt"),
-        root().join("tests/fixtures/tiny-diffugpt/tokenizer.json"),
-        out.to_path_buf(),
-    );
-    o.splitter = Splitter::Percent;
-    o.kind = Kind::Padded;
-    o.variant = PadVariant::EosEos;
-    o.block_len = 64;
-    o.val_frac = 0.1;
-    o.test_frac = 0.05;
-    prepare(&o).unwrap();
-    out.to_path_buf()
-}
-
 /// A tiny diffusion run (1 layer, 16 dims) that checkpoints after every step.
 fn config(data: &Path, out: &Path) -> TrainConfig {
     TrainConfig {
-        pipeline: Pipeline::Diffusion,
-        init: Init::Scratch {
-            n_layer: 1,
-            n_head: 2,
-            n_embd: 16,
-            n_positions: 64,
-        },
-        train_data: data.join("train"),
         val_data: None,
-        seq_len: 48,
-        batch_size: 4,
-        grad_accum: 2,
-        steps: STEPS,
-        optim: Optim {
-            max_lr: 5e-3,
-            betas: (0.9, 0.95),
-            eps: 1e-8,
-            weight_decay: 0.01,
-            warmup_frac: 0.2,
-            div_factor: 10.0,
-            final_div_factor: 10.0,
-            grad_clip: 1.0,
-        },
         diffusion: Diffusion {
             attn_anneal_steps: 10,
             pad_anneal_steps: 10,
             ..Default::default()
         },
-        log_every: 1,
-        eval_every: 0,
-        eval_batches: 2,
         save_every: 1,
-        keep_last: 2,
-        seed: 3,
-        out_dir: out.to_path_buf(),
+        ..common::config(Pipeline::Diffusion, tiny_scratch(), data, out, STEPS)
     }
+}
+
+/// Padded (one document per row) data from the fixture corpus, as `pipeline.rs` prepares it.
+fn prep(out: &Path) -> PathBuf {
+    common::prep(out, Kind::Padded, PadVariant::EosEos)
 }
 
 fn write_config(cfg: &TrainConfig, path: &Path) {

@@ -3,72 +3,15 @@
 //! steps with a falling validation loss; exact resume; the final model loads in the core and
 //! generates. (Crash safety under SIGKILL: `crash_safety.rs`.)
 
-use std::path::{Path, PathBuf};
-
 use diffugpt::{GenerateParams, LoadOptions, Model};
-use diffugpt_training::config::{Diffusion, Init, Optim, Pipeline, TrainConfig};
+use diffugpt_training::config::{Init, Pipeline, TrainConfig};
 use diffugpt_training::data::Kind;
 use diffugpt_training::dataset::Dataset;
-use diffugpt_training::prepare::{prepare, PadVariant, PrepareOptions, Splitter};
+use diffugpt_training::prepare::PadVariant;
 use diffugpt_training::train::{evaluate, train};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn prep(out: &Path, kind: Kind, variant: PadVariant) -> PathBuf {
-    let mut o = PrepareOptions::new(
-        root().join("training/tests/fixtures/corpus/fortunes.txt"),
-        root().join("tests/fixtures/tiny-diffugpt/tokenizer.json"),
-        out.to_path_buf(),
-    );
-    o.splitter = Splitter::Percent;
-    o.kind = kind;
-    o.variant = variant;
-    o.block_len = 64;
-    o.val_frac = 0.1;
-    o.test_frac = 0.05;
-    prepare(&o).unwrap();
-    out.to_path_buf()
-}
-
-fn config(pipeline: Pipeline, init: Init, data: &Path, out: &Path, steps: usize) -> TrainConfig {
-    TrainConfig {
-        pipeline,
-        init,
-        train_data: data.join("train"),
-        val_data: Some(data.join("val")),
-        seq_len: 48,
-        batch_size: 4,
-        grad_accum: 2,
-        steps,
-        optim: Optim {
-            max_lr: 5e-3,
-            betas: (0.9, 0.95),
-            eps: 1e-8,
-            weight_decay: 0.01,
-            warmup_frac: 0.2,
-            div_factor: 10.0,
-            final_div_factor: 10.0,
-            grad_clip: 1.0,
-        },
-        diffusion: Diffusion {
-            attn_anneal_steps: steps / 2,
-            pad_anneal_steps: steps / 2,
-            ..Default::default()
-        },
-        log_every: 1,
-        eval_every: 0,
-        eval_batches: 2,
-        save_every: 0,
-        keep_last: 2,
-        seed: 3,
-        out_dir: out.to_path_buf(),
-    }
-}
+mod common;
+use common::{config, prep, root};
 
 /// Validation loss of the model a config starts from vs the model it produced.
 fn val_loss_before_after(cfg: &TrainConfig) -> (f64, f64) {

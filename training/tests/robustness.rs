@@ -7,69 +7,29 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use diffugpt_training::config::{Diffusion, Init, Optim, Pipeline, TrainConfig};
+use diffugpt_training::config::{Diffusion, Pipeline, TrainConfig};
 use diffugpt_training::data::Kind;
-use diffugpt_training::prepare::{prepare, PadVariant, PrepareOptions, Splitter};
+use diffugpt_training::prepare::PadVariant;
 use diffugpt_training::train::train;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn prep(out: &Path) -> PathBuf {
-    let mut o = PrepareOptions::new(
-        root().join("training/tests/fixtures/corpus/fortunes.txt"),
-        root().join("tests/fixtures/tiny-diffugpt/tokenizer.json"),
-        out.to_path_buf(),
-    );
-    o.splitter = Splitter::Percent;
-    o.kind = Kind::Padded;
-    o.variant = PadVariant::EosEos;
-    o.block_len = 64;
-    o.val_frac = 0.1;
-    o.test_frac = 0.05;
-    prepare(&o).unwrap();
-    out.to_path_buf()
-}
+mod common;
+use common::tiny_scratch;
 
 /// A tiny diffusion run logging every step and validating every second one.
 fn config(data: &Path, out: &Path, steps: usize) -> TrainConfig {
     TrainConfig {
-        pipeline: Pipeline::Diffusion,
-        init: Init::Scratch {
-            n_layer: 1,
-            n_head: 2,
-            n_embd: 16,
-            n_positions: 64,
-        },
-        train_data: data.join("train"),
-        val_data: Some(data.join("val")),
-        seq_len: 48,
         batch_size: 2,
         grad_accum: 1,
-        steps,
-        optim: Optim {
-            max_lr: 5e-3,
-            betas: (0.9, 0.95),
-            eps: 1e-8,
-            weight_decay: 0.01,
-            warmup_frac: 0.2,
-            div_factor: 10.0,
-            final_div_factor: 10.0,
-            grad_clip: 1.0,
-        },
         diffusion: Diffusion::default(),
-        log_every: 1,
         eval_every: 2,
         eval_batches: 1,
-        save_every: 0,
-        keep_last: 2,
         seed: 5,
-        out_dir: out.to_path_buf(),
+        ..common::config(Pipeline::Diffusion, tiny_scratch(), data, out, steps)
     }
+}
+
+fn prep(out: &Path) -> PathBuf {
+    common::prep(out, Kind::Padded, PadVariant::EosEos)
 }
 
 /// (step, kind) -> number of lines; every line must be complete JSON.
