@@ -10,9 +10,18 @@ theirs=$("$py" benches/pytorch_forward.py --lens "$lens" --reps "$reps")
 "$py" - "$ours" "$theirs" <<'PY'
 import json, sys
 o, t = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-print(f"| T | diffugpt ms | PyTorch {t['torch']} ms ({t['threads']} threads, mkl={t['mkl']}) | ratio |")
-print("| ---: | ---: | ---: | ---: |")
-for k, v in o["forward_ms"].items():
-    p = t["forward_ms"][k]
-    print(f"| {k} | {v:.1f} | {p:.1f} | {v / p:.2f} |")
+peak = o.get("fma_peak_gflops")
+print(f"| T | diffugpt ms | PyTorch {t['torch']} ms ({t['threads']} threads, mkl={t['mkl']}) | ratio "
+      f"| diffugpt GFLOP/s | floor ms at FMA peak | floor / PyTorch |")
+print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+for k in sorted(o["forward_ms"], key=int):
+    v, p = o["forward_ms"][k], t["forward_ms"][k]
+    g = o["forward_gflops"][k]
+    # The floor: this forward's matrix arithmetic at the CPU's measured f32 FMA peak; no f32
+    # implementation doing the same work can go below it.
+    floor = g * v / peak if peak else float("nan")
+    share = f" ({100 * g / peak:.0f}%)" if peak else ""
+    print(f"| {k} | {v:.1f} | {p:.1f} | {v / p:.2f} | {g:.1f}{share} | {floor:.1f} | {floor / p:.2f} |")
+if peak:
+    print(f"\nf32 FMA peak measured in the same run ({o['threads']} threads): {peak:.1f} GFLOP/s")
 PY

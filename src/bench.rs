@@ -54,6 +54,95 @@ pub fn forward_once(model: &Gpt2, t: usize, logit_rows: usize) -> Result<()> {
     Ok(())
 }
 
+/// Measured f32 multiply-add throughput of this CPU on all of rayon's threads, in GFLOP/s (one
+/// fused multiply-add counts as two operations): the ceiling of any f32 forward on this machine,
+/// printed beside the forward rows so that their GFLOP/s read as a share of what the CPU can do.
+/// Twelve independent accumulator chains per thread (more than latency x pipes on current x86
+/// cores), AVX-512 where the CPU has it, else AVX2+FMA; best of three runs of ~30 ms. `None` off
+/// x86-64 or without FMA.
+pub fn fma_peak_gflops() -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (avx512, fma) = (
+            std::is_x86_feature_detected!("avx512f"),
+            std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"),
+        );
+        if !avx512 && !fma {
+            return None;
+        }
+        const ITERS: usize = 8_000_000;
+        let lanes = if avx512 { 16 } else { 8 };
+        let mut best = 0f64;
+        for _ in 0..3 {
+            let t = Instant::now();
+            let sums = rayon::broadcast(|ctx| {
+                let seed = std::hint::black_box(1.0 + ctx.index() as f32);
+                // SAFETY: the features each kernel needs were detected above.
+                unsafe {
+                    if avx512 {
+                        fma_chains::zmm(ITERS, seed)
+                    } else {
+                        fma_chains::ymm(ITERS, seed)
+                    }
+                }
+            });
+            std::hint::black_box(sums.iter().sum::<f32>());
+            let flops = (ITERS * fma_chains::CHAINS * lanes * 2 * sums.len()) as f64;
+            best = best.max(flops / t.elapsed().as_secs_f64() / 1e9);
+        }
+        Some(best)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        None
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod fma_chains {
+    use std::arch::x86_64::*;
+
+    /// Independent dependency chains: enough to keep every FMA pipe busy despite its latency.
+    pub(super) const CHAINS: usize = 12;
+
+    /// `CHAINS` x `iters` 16-lane FMAs. Each chain starts from a different value, so the
+    /// compiler cannot merge them into one.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn zmm(iters: usize, seed: f32) -> f32 {
+        let mut acc: [__m512; CHAINS] =
+            std::array::from_fn(|i| _mm512_set1_ps(seed + 0.1 * i as f32));
+        let (b, c) = (_mm512_set1_ps(0.999_9), _mm512_set1_ps(1e-4));
+        for _ in 0..iters {
+            for a in acc.iter_mut() {
+                *a = _mm512_fmadd_ps(*a, b, c);
+            }
+        }
+        let s = acc
+            .iter()
+            .fold(_mm512_setzero_ps(), |s, a| _mm512_add_ps(s, *a));
+        _mm512_reduce_add_ps(s)
+    }
+
+    /// As [`zmm`] with 8-lane AVX2 registers.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn ymm(iters: usize, seed: f32) -> f32 {
+        let mut acc: [__m256; CHAINS] =
+            std::array::from_fn(|i| _mm256_set1_ps(seed + 0.1 * i as f32));
+        let (b, c) = (_mm256_set1_ps(0.999_9), _mm256_set1_ps(1e-4));
+        for _ in 0..iters {
+            for a in acc.iter_mut() {
+                *a = _mm256_fmadd_ps(*a, b, c);
+            }
+        }
+        let s = acc
+            .iter()
+            .fold(_mm256_setzero_ps(), |s, a| _mm256_add_ps(s, *a));
+        let mut out = [0f32; 8];
+        _mm256_storeu_ps(out.as_mut_ptr(), s);
+        out.iter().sum()
+    }
+}
+
 /// One row of the benchmark table.
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchRow {
@@ -64,6 +153,8 @@ pub struct BenchRow {
     pub per_s: f64,
     pub steps: usize,
     pub forward_passes: usize,
+    /// Matrix arithmetic rate of a forward row (see [`ModelConfig::forward_flops`]), GFLOP/s.
+    pub gflops: Option<f64>,
 }
 
 /// Times `f` `reps` times after one warm-up; returns milliseconds.
@@ -84,7 +175,7 @@ fn bench_ids(vocab: usize, t: usize) -> Vec<u32> {
 }
 
 /// The table row of a forward benchmark at `t` positions from its per-repetition times.
-fn forward_row(t: usize, ms: &[f64]) -> BenchRow {
+fn forward_row(cfg: &ModelConfig, t: usize, ms: &[f64]) -> BenchRow {
     let (m, s) = mean_std(ms);
     BenchRow {
         test: format!("forward-{t}"),
@@ -93,6 +184,7 @@ fn forward_row(t: usize, ms: &[f64]) -> BenchRow {
         per_s: t as f64 / (m / 1e3),
         steps: 1,
         forward_passes: 1,
+        gflops: Some(cfg.forward_flops(t, t) / (m / 1e3) / 1e9),
     }
 }
 
@@ -101,7 +193,7 @@ pub fn bench_forward(model: &Gpt2, lens: &[usize], reps: usize) -> Result<Vec<Be
     let mut rows = Vec::new();
     for &t in lens {
         let ms = time_ms(reps, || forward_once(model, t, t))?;
-        rows.push(forward_row(t, &ms));
+        rows.push(forward_row(&model.cfg, t, &ms));
     }
     Ok(rows)
 }
@@ -189,6 +281,7 @@ pub fn bench_decode_in(
             per_s: answer_len.min(canvas) as f64 / (m / 1e3),
             steps: st.steps,
             forward_passes: st.forward_passes,
+            gflops: None,
         });
     }
     Ok(rows)
@@ -214,7 +307,7 @@ pub fn bench_forward_cuda(
             sess.decide(&all, &ends, &banned)?;
             Ok(())
         })?;
-        rows.push(forward_row(t, &ms));
+        rows.push(forward_row(&model.cfg, t, &ms));
     }
     Ok(rows)
 }

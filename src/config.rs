@@ -118,6 +118,19 @@ impl ModelConfig {
             .fold(0, a)
     }
 
+    /// Floating-point operations (multiply and add counted apart) of one bidirectional forward
+    /// over `t` positions with logits for `logit_rows` rows: the four projections per layer,
+    /// `q k^T` and `P v` over every (query, key) pair, and the LM head. LayerNorm, softmax and
+    /// GELU (a few operations per activation, under 1% at GPT-2-small sizes) are left out, so
+    /// `flops / time` is the rate of the matrix arithmetic the CPU must sustain.
+    pub fn forward_flops(&self, t: usize, logit_rows: usize) -> f64 {
+        let (e, i, l) = (self.n_embd as f64, self.n_inner as f64, self.n_layer as f64);
+        let (t, v, r) = (t as f64, self.vocab_size as f64, logit_rows as f64);
+        let projections = 2.0 * t * (3.0 * e * e + e * e + 2.0 * e * i);
+        let attention = 2.0 * 2.0 * t * t * e;
+        l * (projections + attention) + 2.0 * r * e * v
+    }
+
     /// Checks that the numbers describe a model we can build.
     pub fn validate(&self) -> Result<()> {
         let fields = [
@@ -300,6 +313,20 @@ impl SpecialIds {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forward_flops_of_gpt2_small() {
+        let c = ModelConfig::gpt2_small();
+        // Counted by hand for T = 1024: projections 12 x 2 x 1024 x (768 x 2304 + 768 x 768 +
+        // 2 x 768 x 3072) = 173.9 G, attention 12 x 4 x 1024^2 x 768 = 38.65 G, head
+        // 2 x 1024 x 768 x 50257 = 79.05 G.
+        let want = 173_946_175_488.0 + 38_654_705_664.0 + 79_047_426_048.0;
+        assert_eq!(c.forward_flops(1024, 1024), want);
+        // No logits: the head drops out; T = 64 with every row: ~16.0 GFLOP.
+        assert_eq!(c.forward_flops(1024, 0), want - 79_047_426_048.0);
+        let f64_ = c.forward_flops(64, 64);
+        assert!((f64_ / 1e9 - 15.96).abs() < 0.01, "{f64_}");
+    }
 
     #[test]
     fn diffugpt_conventions() {

@@ -97,7 +97,23 @@ fn bench_json_has_forward_times() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert!(v["forward_ms"]["8"].as_f64().unwrap() > 0.0);
     assert!(v["forward_ms"]["16"].as_f64().unwrap() > 0.0);
+    // The arithmetic rate is the model's forward FLOPs over the measured time.
+    let model = diffugpt::Model::load(
+        std::path::Path::new(fixture),
+        diffugpt::LoadOptions::default(),
+    )
+    .unwrap();
+    let want = model.gpt.cfg.forward_flops(8, 8) / 1e9;
+    let got =
+        v["forward_gflops"]["8"].as_f64().unwrap() * v["forward_ms"]["8"].as_f64().unwrap() / 1e3;
+    assert!((got - want).abs() <= 1e-6 * want, "{got} vs {want}");
+    if cfg!(target_arch = "x86_64") && std::is_x86_feature_detected!("fma") {
+        assert!(v["fma_peak_gflops"].as_f64().unwrap() > 1.0, "{out}");
+    }
     let rows = v["rows"].as_array().unwrap();
+    assert!(rows
+        .iter()
+        .all(|r| r["test"].as_str().unwrap().starts_with("forward-") == r["gflops"].is_number()));
     assert!(rows.iter().any(|r| r["test"] == "fixed-16"));
     let eos = rows
         .iter()
@@ -118,4 +134,5 @@ fn bench_json_has_forward_times() {
     ]);
     assert!(ok);
     assert!(out.contains("| forward-8 |"), "{out}");
+    assert!(out.contains("| GFLOP/s |"), "{out}");
 }

@@ -140,7 +140,7 @@ fn fused_cpu_path_matches_reference_ops() {
         n_head: 4,
         n_embd: 64,
         n_inner: 256,
-        n_positions: 128,
+        n_positions: 256,
         vocab_size: 300,
         ..ModelConfig::tiny(300)
     };
@@ -149,7 +149,8 @@ fn fused_cpu_path_matches_reference_ops() {
     let mut reference = fast.clone();
     reference.reference_ops = true;
     let mut rng = diffugpt::rng::Rng::new(5);
-    for t in [1usize, 7, 33, 100] {
+    // 150 and 256 rows take the cache-blocked matrix path (cpu_gemm::PACK_MIN_ROWS = 128).
+    for t in [1usize, 7, 33, 100, 150, 256] {
         let tokens: Vec<u32> = (0..t).map(|_| rng.below(300) as u32).collect();
         for mask in [AttnMask::Bidirectional, AttnMask::Causal] {
             let a = fast

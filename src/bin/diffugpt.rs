@@ -434,6 +434,12 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
             (rows, "cpu".to_string())
         }
     };
+    // The ceiling the forward rows are measured against (CPU only: a GPU has its own).
+    let peak = if backend == "cpu" {
+        bench::fma_peak_gflops()
+    } else {
+        None
+    };
     match a.format {
         Format::Json => {
             let forward: serde_json::Map<String, serde_json::Value> = rows
@@ -445,9 +451,19 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
                     ))
                 })
                 .collect();
+            let gflops: serde_json::Map<String, serde_json::Value> = rows
+                .iter()
+                .filter_map(|r| {
+                    Some((
+                        r.test.strip_prefix("forward-")?.to_string(),
+                        r.gflops?.into(),
+                    ))
+                })
+                .collect();
             let out = serde_json::json!({
                 "model": name, "params": model.param_count(), "backend": backend, "threads": threads,
-                "forward_ms": forward, "rows": rows,
+                "forward_ms": forward, "forward_gflops": gflops, "fma_peak_gflops": peak,
+                "rows": rows,
             });
             println!("{}", serde_json::to_string_pretty(&out)?);
         }
@@ -455,16 +471,17 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
             let mut o = std::io::stdout().lock();
             writeln!(
                 o,
-                "| model | params | backend | threads | test | steps | fwd passes | ms | t/s |"
+                "| model | params | backend | threads | test | steps | fwd passes | ms | t/s | GFLOP/s |"
             )?;
             writeln!(
                 o,
-                "| --- | ---: | --- | ---: | --- | ---: | ---: | ---: | ---: |"
+                "| --- | ---: | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"
             )?;
-            for r in rows {
+            for r in &rows {
+                let gf = r.gflops.map_or("-".to_string(), |g| format!("{g:.1}"));
                 writeln!(
                     o,
-                    "| {name} | {:.1} M | {backend} | {threads} | {} | {} | {} | {:.2} ± {:.2} | {:.1} |",
+                    "| {name} | {:.1} M | {backend} | {threads} | {} | {} | {} | {:.2} ± {:.2} | {:.1} | {gf} |",
                     model.param_count() as f64 / 1e6,
                     r.test,
                     r.steps,
@@ -472,6 +489,17 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
                     r.mean_ms,
                     r.std_ms,
                     r.per_s
+                )?;
+            }
+            if let Some(p) = peak {
+                let shares: Vec<String> = rows
+                    .iter()
+                    .filter_map(|r| Some(format!("{} {:.0}%", r.test, 100.0 * r.gflops? / p)))
+                    .collect();
+                writeln!(
+                    o,
+                    "\nCPU f32 FMA peak, measured now on {threads} threads: {p:.1} GFLOP/s ({})",
+                    shares.join(", ")
                 )?;
             }
         }
