@@ -22,7 +22,10 @@ pub fn random_small_model(seed: u64) -> Result<Gpt2> {
         &Default::default(),
         &SpecialIdOverrides::default(),
     )?;
-    Gpt2::random(cfg, ids, seed, &Device::Cpu)
+    // As `Model::load` leaves a CPU model: projections packed for the fused kernels.
+    let mut m = Gpt2::random(cfg, ids, seed, &Device::Cpu)?;
+    m.pack_for_cpu()?;
+    Ok(m)
 }
 
 /// Mean and sample standard deviation.

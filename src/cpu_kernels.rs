@@ -438,6 +438,103 @@ pub fn weights_matmul(
     Ok(Some(Tensor::from_vec(out, (m, n), x.device())?))
 }
 
+/// A broken internal invariant (a packed weight of the wrong shape or kind): reported as a
+/// backend error rather than a panic.
+fn internal(msg: impl Into<String>) -> crate::error::Error {
+    candle_core::Error::Msg(msg.into()).into()
+}
+
+/// The contiguous f32 data of a CPU tensor, or `None` (other dtype or device, strided).
+fn f32_data(s: &candle_core::Storage, l: &Layout) -> Option<std::ops::Range<usize>> {
+    let (a, b) = l.contiguous_offsets()?;
+    match s {
+        candle_core::Storage::Cpu(CpuStorage::F32(_)) => Some(a..b),
+        _ => None,
+    }
+}
+
+fn cpu_f32(s: &candle_core::Storage) -> &[f32] {
+    match s {
+        candle_core::Storage::Cpu(CpuStorage::F32(v)) => v,
+        _ => &[],
+    }
+}
+
+/// A Conv1D weight `[K, N]` rewritten into [`crate::cpu_gemm::pack_nn`]'s strip-major layout,
+/// as a tensor of shape `[ceil(N / 32), K, 32]` (the rank tells packed from plain). `None` when
+/// the weight is not contiguous f32 on the CPU.
+pub fn pack_weight(w: &Tensor) -> Result<Option<Tensor>> {
+    let (k, n) = w.dims2()?;
+    let (st, l) = w.storage_and_layout();
+    let Some(r) = f32_data(&st, l) else {
+        return Ok(None);
+    };
+    let packed = crate::cpu_gemm::pack_nn(&cpu_f32(&st)[r], k, n);
+    drop(st);
+    let strips = n.div_ceil(crate::cpu_gemm::STRIP);
+    Ok(Some(Tensor::from_vec(
+        packed,
+        (strips, k, crate::cpu_gemm::STRIP),
+        w.device(),
+    )?))
+}
+
+/// The plain `[K, N]` weight behind a packed one (`n` output columns: the padding of the last
+/// strip is dropped).
+pub fn unpack_weight(wp: &Tensor, n: usize) -> Result<Tensor> {
+    let (strips, k, strip) = wp.dims3()?;
+    if strip != crate::cpu_gemm::STRIP || strips != n.div_ceil(strip) {
+        return Err(internal(format!(
+            "packed weight {:?} does not hold {n} output columns",
+            wp.dims()
+        )));
+    }
+    let wp = wp.to_dtype(candle_core::DType::F32)?.contiguous()?;
+    let (st, l) = wp.storage_and_layout();
+    let r = f32_data(&st, l)
+        .ok_or_else(|| internal("packed weight is not contiguous f32 on the CPU"))?;
+    let w = crate::cpu_gemm::unpack_nn(&cpu_f32(&st)[r], k, n);
+    drop(st);
+    Ok(Tensor::from_vec(w, (k, n), wp.device())?)
+}
+
+/// `x [M, K] @ w (+ bias)` for a weight packed by [`pack_weight`] holding `n` output columns;
+/// any number of rows.
+pub fn prepacked_matmul(
+    x: &Tensor,
+    wp: &Tensor,
+    bias: Option<&Tensor>,
+    n: usize,
+) -> Result<Tensor> {
+    let (m, k) = x.dims2()?;
+    let (strips, wk, _) = wp.dims3()?;
+    if wk != k
+        || strips != n.div_ceil(crate::cpu_gemm::STRIP)
+        || bias.is_some_and(|b| b.dims() != [n])
+    {
+        return Err(internal(format!(
+            "x {:?} @ packed {:?} to {n} columns",
+            x.dims(),
+            wp.dims()
+        )));
+    }
+    let x = x.contiguous()?;
+    let (xs, xl) = x.storage_and_layout();
+    let (ws, wl) = wp.storage_and_layout();
+    let bs = bias.map(|b| b.storage_and_layout());
+    let not_f32 = || internal("packed matmul needs contiguous f32 CPU tensors");
+    let xr = f32_data(&xs, xl).ok_or_else(not_f32)?;
+    let wr = f32_data(&ws, wl).ok_or_else(not_f32)?;
+    let bv = match &bs {
+        Some((g, l)) => Some(&cpu_f32(g)[f32_data(g, l).ok_or_else(not_f32)?]),
+        None => None,
+    };
+    let mut out = vec![0f32; m * n];
+    crate::cpu_gemm::matmul_prepacked(&cpu_f32(&xs)[xr], &cpu_f32(&ws)[wr], bv, &mut out, m, k, n);
+    drop((xs, ws, bs));
+    Ok(Tensor::from_vec(out, (m, n), x.device())?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -449,7 +449,7 @@ pub enum SaveDtype {
 pub fn save(model: &Gpt2, dir: &Path, layout: Layout, dtype: SaveDtype) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let mut bufs: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    for (canon, t) in model.named_tensors() {
+    for (canon, t) in model.named_tensors()? {
         let data: Vec<f32> = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
         let bytes: Vec<u8> = match dtype {
             SaveDtype::F32 => data.iter().flat_map(|v| v.to_le_bytes()).collect(),

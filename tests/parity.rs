@@ -41,6 +41,9 @@ fn rel_err(got: &[Vec<f32>], want: &[Vec<f32>]) -> f32 {
 
 fn check_model(name: &str, expect_layout: &str, untied: bool) {
     let m = Model::load(&fixture(name), LoadOptions::default()).unwrap();
+    // Loading packs the projections for the CPU kernels where they run: the golden logits
+    // below then check the packed path (and the KV cache's 1-row products through it).
+    assert_eq!(m.gpt.is_packed(), diffugpt::cpu_gemm::available(), "{name}");
     assert_eq!(m.info.layout.name(), expect_layout, "{name}");
     assert_eq!(m.info.untied_head, untied, "{name}");
     let (ids, want_d, want_c) = golden(name);
@@ -148,6 +151,16 @@ fn fused_cpu_path_matches_reference_ops() {
     let fast = diffugpt::Gpt2::random(cfg, ids, 11, &Device::Cpu).unwrap();
     let mut reference = fast.clone();
     reference.reference_ops = true;
+    // Projections packed for the CPU kernels (what `Model::load` gives): the same products in
+    // the same order as the in-place kernels, so bitwise equal to them from cpu_gemm::MIN_ROWS
+    // (4) rows on; fewer rows run candle's GEMV unpacked and only agree within the tolerance.
+    let mut packed = fast.clone();
+    let avx512 = diffugpt::cpu_gemm::available();
+    assert_eq!(packed.pack_for_cpu().unwrap(), avx512);
+    assert_eq!(packed.is_packed(), avx512);
+    // Reference ops on a packed model unpack per call.
+    let mut packed_reference = packed.clone();
+    packed_reference.reference_ops = true;
     let mut rng = diffugpt::rng::Rng::new(5);
     // 150 and 256 rows take the cache-blocked matrix path (cpu_gemm::PACK_MIN_ROWS = 128).
     for t in [1usize, 7, 33, 100, 150, 256] {
@@ -165,6 +178,42 @@ fn fused_cpu_path_matches_reference_ops() {
                 .unwrap();
             let e = rel_err(&a, &b);
             assert!(e <= 1e-5, "t={t} {mask:?}: {e}");
+            let p = packed
+                .forward_logits(&tokens, &mask)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
+            let e = rel_err(&p, &b);
+            assert!(e <= 1e-5, "packed t={t} {mask:?}: {e}");
+            if t >= 4 {
+                assert!(
+                    p == a,
+                    "packed t={t} {mask:?}: not bitwise equal to the in-place path"
+                );
+            }
+            let pr = packed_reference
+                .forward_logits(&tokens, &mask)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
+            assert!(pr == b, "reference ops on a packed model t={t} {mask:?}");
         }
     }
+    // Everything that reads weights by name sees the `[in, out]` layout again.
+    let (na, nb) = (
+        fast.named_tensors().unwrap(),
+        packed.named_tensors().unwrap(),
+    );
+    assert_eq!(na.len(), nb.len());
+    for ((ka, ta), (kb, tb)) in na.iter().zip(&nb) {
+        assert_eq!((ka, ta.dims()), (kb, tb.dims()));
+        let (va, vb): (Vec<f32>, Vec<f32>) = (
+            ta.flatten_all().unwrap().to_vec1().unwrap(),
+            tb.flatten_all().unwrap().to_vec1().unwrap(),
+        );
+        assert!(va == vb, "{ka} changed by packing");
+    }
+    let unpacked = packed.unpacked().unwrap();
+    assert!(!unpacked.is_packed());
+    assert!(unpacked.blocks[0].c_fc_w.dims() == fast.blocks[0].c_fc_w.dims());
 }

@@ -189,6 +189,14 @@ fn host_f32(t: &candle_core::Tensor) -> Result<Vec<f32>> {
 impl CudaModel {
     /// Uploads `model`'s weights in `dtype`. Checks first what the kernels support.
     pub fn upload(gpu: Arc<Gpu>, model: &Gpt2, dtype: GpuDtype) -> Result<Self> {
+        // The kernels read the projections in their `[in, out]` layout.
+        let plain;
+        let model = if model.is_packed() {
+            plain = model.unpacked()?;
+            &plain
+        } else {
+            model
+        };
         let cfg = model.cfg.clone();
         if !super::kernels::attention_supports(cfg.head_dim())
             || !cfg.n_embd.is_multiple_of(cfg.n_head)

@@ -580,6 +580,7 @@ mod tests {
         let model = Gpt2::random(mc, ids, 1, &Device::Cpu).unwrap();
         let vars: Vec<(String, Var)> = model
             .named_tensors()
+            .unwrap()
             .into_iter()
             .map(|(n, t)| (n, Var::from_tensor(&t).unwrap()))
             .collect();

@@ -30,7 +30,7 @@ pub struct Trainable {
 /// Turns `model`'s weights into variables and wraps them with an optimizer.
 pub fn make_trainable(model: &Gpt2, cfg: &TrainConfig) -> Result<Trainable> {
     let vars: Vec<(String, Var)> = model
-        .named_tensors()
+        .named_tensors()?
         .into_iter()
         .map(|(n, t)| Ok((n, Var::from_tensor(&t.to_dtype(DType::F32)?)?)))
         .collect::<Result<_>>()?;
