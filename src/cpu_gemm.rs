@@ -212,7 +212,7 @@ pub fn unpack_nn(p: &[f32], k: usize, n: usize) -> Vec<f32> {
 
 /// `out[M, N] = x[M, K] @ w[K, N] (+ bias[N])` with `w` pre-packed by [`pack_nn`]; any `M >= 1`.
 ///
-/// Below [`PACK_MIN_ROWS`] rows each register block runs over all of `K` against one contiguous
+/// Below `PACK_MIN_ROWS` (128) rows each register block runs over all of `K` against one contiguous
 /// strip (no partial sums through memory); from there on the cache-blocked path runs as for
 /// [`matmul_nn`], minus the copy. Both add the products in the same order as [`matmul_nn`], so
 /// the results are bitwise equal to it (tested).

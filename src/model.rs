@@ -6,7 +6,10 @@
 //! * *causal*: GPT-2's autoregressive mode, with a KV cache for generation.
 //!
 //! The weights are plain candle tensors (f32 on the CPU) so the training crate can back them with
-//! `Var`s and reuse this exact forward. Mutable state (KV cache, canvas) lives outside the model.
+//! `Var`s and reuse this exact forward. For inference, [`Gpt2::pack_for_cpu`] (called by
+//! `Model::load`) rewrites the block projections in place into the strip layout the CPU kernels
+//! stream; a packed weight has rank 3, and every path that is not the fused one unpacks it.
+//! Mutable state (KV cache, canvas) lives outside the model.
 
 use candle_core::{DType, Device, Tensor};
 
