@@ -61,8 +61,9 @@ pub fn forward_once(model: &Gpt2, t: usize, logit_rows: usize) -> Result<()> {
 /// fused multiply-add counts as two operations): the ceiling of any f32 forward on this machine,
 /// printed beside the forward rows so that their GFLOP/s read as a share of what the CPU can do.
 /// Twelve independent accumulator chains per thread (more than latency x pipes on current x86
-/// cores), AVX-512 where the CPU has it, else AVX2+FMA; best of three runs of ~30 ms. `None` off
-/// x86-64 or without FMA.
+/// cores), AVX-512 where the CPU has it, else AVX2+FMA; best of seven runs of ~30 ms (on a shared
+/// host one descheduled thread drags a whole run down: three were seen to all read half the
+/// peak). `None` off x86-64 or without FMA.
 pub fn fma_peak_gflops() -> Option<f64> {
     #[cfg(target_arch = "x86_64")]
     {
@@ -76,7 +77,7 @@ pub fn fma_peak_gflops() -> Option<f64> {
         const ITERS: usize = 8_000_000;
         let lanes = if avx512 { 16 } else { 8 };
         let mut best = 0f64;
-        for _ in 0..3 {
+        for _ in 0..7 {
             let t = Instant::now();
             let sums = rayon::broadcast(|ctx| {
                 let seed = std::hint::black_box(1.0 + ctx.index() as f32);
