@@ -336,33 +336,20 @@ mod x86 {
             let mut r = 0;
             while r < m {
                 let rows = MR.min(m - r);
-                macro_rules! go {
-                    ($R:literal) => {
-                        micro::<$R>(
-                            x.as_ptr().add(r * k),
-                            k,
-                            wstrip,
-                            NR,
-                            out.add(r * n + n0),
-                            n,
-                            k,
-                            false,
-                            bias.map(|b| b.as_ptr().add(n0)),
-                            m0,
-                            m1,
-                        )
-                    };
-                }
-                match rows {
-                    8 => go!(8),
-                    7 => go!(7),
-                    6 => go!(6),
-                    5 => go!(5),
-                    4 => go!(4),
-                    3 => go!(3),
-                    2 => go!(2),
-                    _ => go!(1),
-                }
+                micro_rows(
+                    rows,
+                    x.as_ptr().add(r * k),
+                    k,
+                    wstrip,
+                    NR,
+                    out.add(r * n + n0),
+                    n,
+                    k,
+                    false,
+                    bias.map(|b| b.as_ptr().add(n0)),
+                    m0,
+                    m1,
+                );
                 r += rows;
             }
         }
@@ -433,38 +420,62 @@ mod x86 {
                 let mut r = 0;
                 while r < m {
                     let rows = MR.min(m - r);
-                    macro_rules! go {
-                        ($R:literal) => {
-                            micro::<$R>(
-                                x.as_ptr().add(r * k + kb),
-                                k,
-                                wp,
-                                n,
-                                out.add(r * n + n0),
-                                n,
-                                kc,
-                                kb > 0,
-                                bias.map(|b| b.as_ptr().add(n0)),
-                                m0,
-                                m1,
-                            )
-                        };
-                    }
-                    match rows {
-                        8 => go!(8),
-                        7 => go!(7),
-                        6 => go!(6),
-                        5 => go!(5),
-                        4 => go!(4),
-                        3 => go!(3),
-                        2 => go!(2),
-                        _ => go!(1),
-                    }
+                    micro_rows(
+                        rows,
+                        x.as_ptr().add(r * k + kb),
+                        k,
+                        wp,
+                        n,
+                        out.add(r * n + n0),
+                        n,
+                        kc,
+                        kb > 0,
+                        bias.map(|b| b.as_ptr().add(n0)),
+                        m0,
+                        m1,
+                    );
                     r += rows;
                 }
                 n0 += NR;
             }
             kb += kc;
+        }
+    }
+
+    /// [`micro`] for `rows` (1..=`MR`) rows: the one place that turns a run-time row count into
+    /// the register block's compile-time one.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    unsafe fn micro_rows(
+        rows: usize,
+        xp: *const f32,
+        ldx: usize,
+        wp: *const f32,
+        ldw: usize,
+        out: *mut f32,
+        ldo: usize,
+        kc: usize,
+        accumulate: bool,
+        bias: Option<*const f32>,
+        m0: __mmask16,
+        m1: __mmask16,
+    ) {
+        debug_assert!((1..=MR).contains(&rows));
+        macro_rules! go {
+            ($R:literal) => {
+                micro::<$R>(xp, ldx, wp, ldw, out, ldo, kc, accumulate, bias, m0, m1)
+            };
+        }
+        match rows {
+            8 => go!(8),
+            7 => go!(7),
+            6 => go!(6),
+            5 => go!(5),
+            4 => go!(4),
+            3 => go!(3),
+            2 => go!(2),
+            _ => go!(1),
         }
     }
 
@@ -582,21 +593,7 @@ mod x86 {
                     let wp = wbase.add(s0 * strip_step);
                     let op = out.add(r * n + c0 + s0);
                     let b = bias.map(|b| b.as_ptr().add(c0 + s0));
-                    macro_rules! go {
-                        ($R:literal) => {
-                            micro::<$R>(xp, k, wp, ldw, op, n, kc, kb > 0, b, m0, m1)
-                        };
-                    }
-                    match rows {
-                        8 => go!(8),
-                        7 => go!(7),
-                        6 => go!(6),
-                        5 => go!(5),
-                        4 => go!(4),
-                        3 => go!(3),
-                        2 => go!(2),
-                        _ => go!(1),
-                    }
+                    micro_rows(rows, xp, k, wp, ldw, op, n, kc, kb > 0, b, m0, m1);
                     s0 += NR;
                 }
                 r += rows;

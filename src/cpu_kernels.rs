@@ -407,18 +407,11 @@ pub fn weights_matmul(
     let (xs, xl) = x.storage_and_layout();
     let (ws, wl) = w.storage_and_layout();
     let bs = bias.map(|b| b.storage_and_layout());
-    fn f32s<'a>(s: &'a candle_core::Storage, l: &Layout) -> Option<&'a [f32]> {
-        let (a, b) = l.contiguous_offsets()?;
-        match s {
-            candle_core::Storage::Cpu(CpuStorage::F32(v)) => Some(&v[a..b]),
-            _ => None,
-        }
-    }
-    let (Some(xv), Some(wv)) = (f32s(&xs, xl), f32s(&ws, wl)) else {
+    let (Some(xv), Some(wv)) = (f32_slice(&xs, xl), f32_slice(&ws, wl)) else {
         return Ok(None);
     };
     let bv = match &bs {
-        Some((g, l)) => match f32s(g, l) {
+        Some((g, l)) => match f32_slice(g, l) {
             Some(v) => Some(v),
             None => return Ok(None),
         },
@@ -445,18 +438,11 @@ fn internal(msg: impl Into<String>) -> crate::error::Error {
 }
 
 /// The contiguous f32 data of a CPU tensor, or `None` (other dtype or device, strided).
-fn f32_data(s: &candle_core::Storage, l: &Layout) -> Option<std::ops::Range<usize>> {
+fn f32_slice<'a>(s: &'a candle_core::Storage, l: &Layout) -> Option<&'a [f32]> {
     let (a, b) = l.contiguous_offsets()?;
     match s {
-        candle_core::Storage::Cpu(CpuStorage::F32(_)) => Some(a..b),
+        candle_core::Storage::Cpu(CpuStorage::F32(v)) => Some(&v[a..b]),
         _ => None,
-    }
-}
-
-fn cpu_f32(s: &candle_core::Storage) -> &[f32] {
-    match s {
-        candle_core::Storage::Cpu(CpuStorage::F32(v)) => v,
-        _ => &[],
     }
 }
 
@@ -466,10 +452,10 @@ fn cpu_f32(s: &candle_core::Storage) -> &[f32] {
 pub fn pack_weight(w: &Tensor) -> Result<Option<Tensor>> {
     let (k, n) = w.dims2()?;
     let (st, l) = w.storage_and_layout();
-    let Some(r) = f32_data(&st, l) else {
+    let Some(data) = f32_slice(&st, l) else {
         return Ok(None);
     };
-    let packed = crate::cpu_gemm::pack_nn(&cpu_f32(&st)[r], k, n);
+    let packed = crate::cpu_gemm::pack_nn(data, k, n);
     drop(st);
     let strips = n.div_ceil(crate::cpu_gemm::STRIP);
     Ok(Some(Tensor::from_vec(
@@ -491,9 +477,9 @@ pub fn unpack_weight(wp: &Tensor, n: usize) -> Result<Tensor> {
     }
     let wp = wp.to_dtype(candle_core::DType::F32)?.contiguous()?;
     let (st, l) = wp.storage_and_layout();
-    let r = f32_data(&st, l)
+    let data = f32_slice(&st, l)
         .ok_or_else(|| internal("packed weight is not contiguous f32 on the CPU"))?;
-    let w = crate::cpu_gemm::unpack_nn(&cpu_f32(&st)[r], k, n);
+    let w = crate::cpu_gemm::unpack_nn(data, k, n);
     drop(st);
     Ok(Tensor::from_vec(w, (k, n), wp.device())?)
 }
@@ -523,14 +509,14 @@ pub fn prepacked_matmul(
     let (ws, wl) = wp.storage_and_layout();
     let bs = bias.map(|b| b.storage_and_layout());
     let not_f32 = || internal("packed matmul needs contiguous f32 CPU tensors");
-    let xr = f32_data(&xs, xl).ok_or_else(not_f32)?;
-    let wr = f32_data(&ws, wl).ok_or_else(not_f32)?;
+    let xv = f32_slice(&xs, xl).ok_or_else(not_f32)?;
+    let wv = f32_slice(&ws, wl).ok_or_else(not_f32)?;
     let bv = match &bs {
-        Some((g, l)) => Some(&cpu_f32(g)[f32_data(g, l).ok_or_else(not_f32)?]),
+        Some((g, l)) => Some(f32_slice(g, l).ok_or_else(not_f32)?),
         None => None,
     };
     let mut out = vec![0f32; m * n];
-    crate::cpu_gemm::matmul_prepacked(&cpu_f32(&xs)[xr], &cpu_f32(&ws)[wr], bv, &mut out, m, k, n);
+    crate::cpu_gemm::matmul_prepacked(xv, wv, bv, &mut out, m, k, n);
     drop((xs, ws, bs));
     Ok(Tensor::from_vec(out, (m, n), x.device())?)
 }

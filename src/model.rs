@@ -291,7 +291,7 @@ impl Gpt2 {
             if self.fast_cpu() {
                 return crate::cpu_kernels::prepacked_matmul(x, w, Some(b), n);
             }
-            return linear(x, &crate::cpu_kernels::unpack_weight(w, n)?, b);
+            return linear(x, &plain_weight(w, b)?, b);
         }
         if self.fast_cpu() {
             if let Some(y) = crate::cpu_kernels::weights_matmul(x, w, Some(b), false)? {
@@ -343,13 +343,6 @@ impl Gpt2 {
     /// DiffuGPT ones without the `denoise_model.` prefix (`wte`, `h.0.ln_1.weight`, ...). Packed
     /// projections ([`Gpt2::pack_for_cpu`]) come back in their `[in, out]` layout (a copy).
     pub fn named_tensors(&self) -> Result<Vec<(String, Tensor)>> {
-        let plain = |w: &Tensor, b: &Tensor| -> Result<Tensor> {
-            if w.rank() == 3 {
-                crate::cpu_kernels::unpack_weight(w, b.elem_count())
-            } else {
-                Ok(w.clone())
-            }
-        };
         let mut out = vec![
             ("wte.weight".to_string(), self.wte.clone()),
             ("wpe.weight".to_string(), self.wpe.clone()),
@@ -359,18 +352,24 @@ impl Gpt2 {
             out.extend([
                 (p("ln_1.weight"), b.ln_1.weight.clone()),
                 (p("ln_1.bias"), b.ln_1.bias.clone()),
-                (p("attn.c_attn.weight"), plain(&b.c_attn_w, &b.c_attn_b)?),
+                (
+                    p("attn.c_attn.weight"),
+                    plain_weight(&b.c_attn_w, &b.c_attn_b)?,
+                ),
                 (p("attn.c_attn.bias"), b.c_attn_b.clone()),
                 (
                     p("attn.c_proj.weight"),
-                    plain(&b.attn_proj_w, &b.attn_proj_b)?,
+                    plain_weight(&b.attn_proj_w, &b.attn_proj_b)?,
                 ),
                 (p("attn.c_proj.bias"), b.attn_proj_b.clone()),
                 (p("ln_2.weight"), b.ln_2.weight.clone()),
                 (p("ln_2.bias"), b.ln_2.bias.clone()),
-                (p("mlp.c_fc.weight"), plain(&b.c_fc_w, &b.c_fc_b)?),
+                (p("mlp.c_fc.weight"), plain_weight(&b.c_fc_w, &b.c_fc_b)?),
                 (p("mlp.c_fc.bias"), b.c_fc_b.clone()),
-                (p("mlp.c_proj.weight"), plain(&b.mlp_proj_w, &b.mlp_proj_b)?),
+                (
+                    p("mlp.c_proj.weight"),
+                    plain_weight(&b.mlp_proj_w, &b.mlp_proj_b)?,
+                ),
                 (p("mlp.c_proj.bias"), b.mlp_proj_b.clone()),
             ]);
         }
@@ -434,9 +433,7 @@ impl Gpt2 {
                 (&mut b.c_fc_w, &b.c_fc_b),
                 (&mut b.mlp_proj_w, &b.mlp_proj_b),
             ] {
-                if w.rank() == 3 {
-                    *w = crate::cpu_kernels::unpack_weight(w, bias.elem_count())?;
-                }
+                *w = plain_weight(w, bias)?;
             }
         }
         Ok(m)
@@ -594,6 +591,16 @@ pub fn canonical_shapes(cfg: &ModelConfig, untied_head: bool) -> Vec<(String, Ve
 /// head (154 MB in f32) once, so fewer, larger chunks are faster: 128 rows run the head at ~320
 /// GFLOP/s on the AVX-512 path against ~190 at 32.
 pub const LOGIT_CHUNK: usize = 128;
+
+/// A projection weight in its `[in, out]` layout: itself, or unpacked (a copy) when
+/// [`Gpt2::pack_for_cpu`] packed it; `bias` gives the number of output columns.
+fn plain_weight(w: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    if w.rank() == 3 {
+        crate::cpu_kernels::unpack_weight(w, bias.elem_count())
+    } else {
+        Ok(w.clone())
+    }
+}
 
 fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     Ok(x.matmul(w)?.broadcast_add(b)?)
