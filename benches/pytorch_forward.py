@@ -3,7 +3,7 @@
 weights, bidirectional attention, logits for every row), for side-by-side comparison with
 `diffugpt bench`. Prints JSON {"forward_ms": {"64": ..., "1024": ...}, ...}.
 
-    python3 benches/pytorch_forward.py --lens 64,1024 --reps 3
+    python3 benches/pytorch_forward.py --lens 64,1024 --reps 3 [--threads N]
 """
 import argparse
 import json
@@ -54,7 +54,10 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--lens", default="64,1024")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0, help="intra-op threads (0: PyTorch's default)")
     a = ap.parse_args()
+    if a.threads > 0:
+        torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     m = Gpt2().eval()
     out = {}

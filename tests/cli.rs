@@ -136,3 +136,38 @@ fn bench_json_has_forward_times() {
     assert!(out.contains("| forward-8 |"), "{out}");
     assert!(out.contains("| GFLOP/s |"), "{out}");
 }
+
+#[test]
+fn threads_sizes_the_pool_and_the_bench_reports_it() {
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-diffugpt");
+    let bench = |threads: &str| {
+        run(&[
+            "--threads",
+            threads,
+            "bench",
+            "--model",
+            fixture,
+            "--forward-lens",
+            "8",
+            "--reps",
+            "1",
+            "--canvas",
+            "0",
+            "--format",
+            "json",
+        ])
+    };
+    for n in [1u64, 3] {
+        let (ok, out, err) = bench(&n.to_string());
+        assert!(ok, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["threads"].as_u64(), Some(n), "{out}");
+    }
+    // A global option: accepted after the subcommand too.
+    let (ok, out, err) = run(&["inspect", "--threads", "2"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("\"layout\""), "{out}");
+    let (ok, _, err) = bench("0");
+    assert!(!ok);
+    assert!(err.contains("--threads"), "{err}");
+}

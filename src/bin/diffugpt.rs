@@ -23,6 +23,9 @@ const DEFAULT_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures
     about = "DiffuGPT with EoS-first variable-length decoding"
 )]
 struct Cli {
+    /// CPU worker threads for every command (default: one per core, or RAYON_NUM_THREADS)
+    #[arg(long, global = true, value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -264,6 +267,13 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    if let Some(n) = cli.threads {
+        // Before any parallel work: the global pool is sized once, on first use.
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n.into())
+            .build_global()
+            .context("--threads: could not start the worker threads")?;
+    }
     match cli.cmd {
         Cmd::Generate(a) => generate(a),
         Cmd::Logits(a) => logits(a),
@@ -414,7 +424,8 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
             "diffugpt-s-shaped (random)".to_string(),
         ),
     };
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // The threads the kernels actually run on (--threads, RAYON_NUM_THREADS or one per core).
+    let threads = rayon::current_num_threads();
     let device = ComputeDevice::parse(&a.device)?;
     let dtype = parse_dtype(a.dtype.as_deref())?;
     let (rows, backend) = match bench_gpu(&model, device, dtype, &a)? {
@@ -498,7 +509,7 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
                     .collect();
                 writeln!(
                     o,
-                    "\nCPU f32 FMA peak, measured now on {threads} threads: {p:.1} GFLOP/s ({})",
+                    "\nCPU f32 FMA peak, measured now (threads: {threads}): {p:.1} GFLOP/s ({})",
                     shares.join(", ")
                 )?;
             }
