@@ -1573,9 +1573,7 @@ fn markdown(r: &EosReport) -> String {
 mod tests {
     use super::*;
     use crate::data::{Dtype, Header, Split, FORMAT};
-    use candle_core::Device;
     use clap::Parser;
-    use diffugpt::config::{ModelConfig, SpecialIds};
 
     fn pred(
         true_end: usize,
@@ -1748,10 +1746,7 @@ mod tests {
         assert!(close(g.mean_positions_processed, 40.0));
     }
 
-    const V: usize = 97;
-    const E: usize = 32;
-    const EOS: u32 = 96;
-    const MASK: u32 = 95;
+    use crate::eval::quality::test_models::{build, E, EOS, MASK, V};
     const BIG: f32 = 40.0;
 
     /// A "positional oracle": identity blocks (zero weights), zero token embeddings, position r
@@ -1759,22 +1754,8 @@ mod tests {
     /// state of row r is exactly `h e_r` with `h = E / sqrt(E - 1)`. The untied head then gives
     /// row r exactly the logits `rows[r]` (token, logit) and 0 for every other token.
     fn oracle_model(rows: &[Vec<(u32, f32)>]) -> Gpt2 {
-        let cfg = ModelConfig {
-            n_layer: 1,
-            n_head: 2,
-            n_embd: E,
-            n_inner: 4 * E,
-            n_positions: E,
-            vocab_size: V,
-            ..ModelConfig::tiny(V)
-        };
-        let ids = SpecialIds {
-            eos: EOS,
-            mask: MASK,
-            pad: None,
-        };
         let h = E as f32 / ((E - 1) as f32).sqrt();
-        Gpt2::from_fill(cfg, ids, true, &Device::Cpu, |name, data| match name {
+        build(true, |name, data| match name {
             "wpe.weight" => (0..E).for_each(|r| data[r * E + r] = 10.0),
             "ln_f.bias" => data.fill(1.0 / ((E - 1) as f32).sqrt()),
             "lm_head.weight" => {
@@ -1787,7 +1768,6 @@ mod tests {
             n if n.contains("ln") && n.ends_with("weight") => data.fill(1.0),
             _ => {}
         })
-        .unwrap()
     }
 
     /// Rows 0..=3: content 10 + r; row 4: content 14 with p_end 0.1; row 5: content 15 with

@@ -1027,7 +1027,9 @@ pub(crate) mod test_models {
     pub const EOS: u32 = 96;
     pub const MASK: u32 = 95;
 
-    fn build(untied: bool, fill: impl Fn(&str, &mut [f32])) -> Gpt2 {
+    /// A one-layer `E`-wide model over `V` tokens (ids `EOS`, `MASK`, no pad) whose weights
+    /// `fill` writes by name (untied: with an `lm_head.weight` of its own).
+    pub fn build(untied: bool, fill: impl Fn(&str, &mut [f32])) -> Gpt2 {
         let cfg = ModelConfig {
             n_layer: 1,
             n_head: 2,
