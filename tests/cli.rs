@@ -121,7 +121,16 @@ fn bench_json_has_forward_times() {
         .unwrap();
     // oracle 3 + end + margin 8 = 12 of 16 slots, 4 steps scaled to 3 + the first step.
     assert!(eos["forward_passes"].as_u64().unwrap() <= 4);
-    let (ok, out, _) = run(&[
+    let (ok, out, _) = bench_fixture_t8(&[], &[]);
+    assert!(ok);
+    assert!(out.contains("| forward-8 |"), "{out}");
+    assert!(out.contains("| GFLOP/s |"), "{out}");
+}
+
+/// `diffugpt PRE bench --model <fixture> --forward-lens 8 --reps 1 --canvas 0 POST`.
+fn bench_fixture_t8(pre: &[&str], post: &[&str]) -> (bool, String, String) {
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-diffugpt");
+    let mid = [
         "bench",
         "--model",
         fixture,
@@ -131,32 +140,13 @@ fn bench_json_has_forward_times() {
         "1",
         "--canvas",
         "0",
-    ]);
-    assert!(ok);
-    assert!(out.contains("| forward-8 |"), "{out}");
-    assert!(out.contains("| GFLOP/s |"), "{out}");
+    ];
+    run(&[pre, &mid[..], post].concat())
 }
 
 #[test]
 fn threads_sizes_the_pool_and_the_bench_reports_it() {
-    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-diffugpt");
-    let bench = |threads: &str| {
-        run(&[
-            "--threads",
-            threads,
-            "bench",
-            "--model",
-            fixture,
-            "--forward-lens",
-            "8",
-            "--reps",
-            "1",
-            "--canvas",
-            "0",
-            "--format",
-            "json",
-        ])
-    };
+    let bench = |threads: &str| bench_fixture_t8(&["--threads", threads], &["--format", "json"]);
     for n in [1u64, 3] {
         let (ok, out, err) = bench(&n.to_string());
         assert!(ok, "{err}");
