@@ -111,6 +111,29 @@ struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
+/// The checks every entry point makes before its unsafe kernels run: AVX-512 present, each slice
+/// of the stated size (`w_len`: what the weight's layout needs for `k` x `n`).
+#[allow(clippy::too_many_arguments)]
+fn check_args(
+    what: &str,
+    x: &[f32],
+    w: &[f32],
+    w_len: usize,
+    bias: Option<&[f32]>,
+    out: &[f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) {
+    assert!(available(), "{what} needs AVX-512");
+    assert_eq!(x.len(), m * k);
+    assert_eq!(w.len(), w_len);
+    assert_eq!(out.len(), m * n);
+    if let Some(b) = bias {
+        assert_eq!(b.len(), n);
+    }
+}
+
 /// `out[M, N] = x[M, K] @ w[K, N] (+ bias[N])`, all row-major and contiguous.
 ///
 /// # Panics
@@ -124,13 +147,7 @@ pub fn matmul_nn(
     k: usize,
     n: usize,
 ) {
-    assert!(available(), "matmul_nn needs AVX-512");
-    assert_eq!(x.len(), m * k);
-    assert_eq!(w.len(), k * n);
-    assert_eq!(out.len(), m * n);
-    if let Some(b) = bias {
-        assert_eq!(b.len(), n);
-    }
+    check_args("matmul_nn", x, w, k * n, bias, out, m, k, n);
     if m >= PACK_MIN_ROWS {
         packed(x, w, false, bias, out, m, k, n);
         return;
@@ -157,10 +174,7 @@ pub fn matmul_nn(
 /// # Panics
 /// As [`matmul_nn`].
 pub fn matmul_nn_serial(x: &[f32], w: &[f32], out: &mut [f32], m: usize, k: usize, n: usize) {
-    assert!(available(), "matmul_nn_serial needs AVX-512");
-    assert_eq!(x.len(), m * k);
-    assert_eq!(w.len(), k * n);
-    assert_eq!(out.len(), m * n);
+    check_args("matmul_nn_serial", x, w, k * n, None, out, m, k, n);
     // SAFETY: AVX-512 checked; sizes asserted; `out` is exclusively borrowed.
     unsafe { x86::columns_nn(x, w, None, out.as_mut_ptr(), m, k, n, 0, n) };
 }
@@ -228,13 +242,17 @@ pub fn matmul_prepacked(
     k: usize,
     n: usize,
 ) {
-    assert!(available(), "matmul_prepacked needs AVX-512");
-    assert_eq!(x.len(), m * k);
-    assert_eq!(wp.len(), packed_len(k, n));
-    assert_eq!(out.len(), m * n);
-    if let Some(b) = bias {
-        assert_eq!(b.len(), n);
-    }
+    check_args(
+        "matmul_prepacked",
+        x,
+        wp,
+        packed_len(k, n),
+        bias,
+        out,
+        m,
+        k,
+        n,
+    );
     let optr = SendPtr(out.as_mut_ptr());
     if m >= PACK_MIN_ROWS {
         (0..n.div_ceil(NC)).into_par_iter().for_each(|panel| {
@@ -280,10 +298,7 @@ pub fn matmul_prepacked(
 /// # Panics
 /// If the slices do not have the stated sizes or the CPU lacks AVX-512 (check [`available`]).
 pub fn matmul_nt(x: &[f32], w: &[f32], out: &mut [f32], m: usize, k: usize, n: usize) {
-    assert!(available(), "matmul_nt needs AVX-512");
-    assert_eq!(x.len(), m * k);
-    assert_eq!(w.len(), n * k);
-    assert_eq!(out.len(), m * n);
+    check_args("matmul_nt", x, w, n * k, None, out, m, k, n);
     if m >= PACK_MIN_ROWS {
         packed(x, w, true, None, out, m, k, n);
         return;

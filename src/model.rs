@@ -252,15 +252,8 @@ impl Gpt2 {
         let h = self.layer_norm(&x, &blk.ln_2)?.reshape((b * t, e))?;
         let m = match self.cfg.activation {
             Activation::GeluTanh if fast => {
-                let w = &blk.c_fc_w;
-                let y = if w.rank() == 3 {
-                    crate::cpu_kernels::prepacked_matmul(&h, w, None, blk.c_fc_b.elem_count())?
-                } else {
-                    match crate::cpu_kernels::weights_matmul(&h, w, None, false)? {
-                        Some(y) => y,
-                        None => h.matmul(w)?,
-                    }
-                };
+                let n = blk.c_fc_b.elem_count();
+                let y = fast_matmul(&h, &blk.c_fc_w, None, n)?;
                 crate::cpu_kernels::bias_gelu_inplace(y, &blk.c_fc_b)?
             }
             Activation::GeluTanh => self.linear(&h, &blk.c_fc_w, &blk.c_fc_b)?.gelu()?,
@@ -286,19 +279,10 @@ impl Gpt2 {
     /// packed ([`Gpt2::pack_for_cpu`]); off the fast path (reference ops, autograd) it is then
     /// unpacked for the call.
     fn linear(&self, x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
-        if w.rank() == 3 {
-            let n = b.elem_count();
-            if self.fast_cpu() {
-                return crate::cpu_kernels::prepacked_matmul(x, w, Some(b), n);
-            }
-            return linear(x, &plain_weight(w, b)?, b);
-        }
         if self.fast_cpu() {
-            if let Some(y) = crate::cpu_kernels::weights_matmul(x, w, Some(b), false)? {
-                return Ok(y);
-            }
+            return fast_matmul(x, w, Some(b), b.elem_count());
         }
-        linear(x, w, b)
+        linear(x, &plain_weight(w, b)?, b)
     }
 
     /// Convenience: full logits `[T, vocab]` for one sequence (row i from hidden state i).
@@ -604,6 +588,22 @@ fn plain_weight(w: &Tensor, bias: &Tensor) -> Result<Tensor> {
 
 fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     Ok(x.matmul(w)?.broadcast_add(b)?)
+}
+
+/// `x @ w (+ bias)` on the fast CPU path, `n` output columns: the pre-packed kernels for a
+/// packed `w`, the in-place ones for a plain `[in, out]` one, candle's matmul where neither
+/// applies (no AVX-512, too few rows).
+fn fast_matmul(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, n: usize) -> Result<Tensor> {
+    if w.rank() == 3 {
+        return crate::cpu_kernels::prepacked_matmul(x, w, bias, n);
+    }
+    if let Some(y) = crate::cpu_kernels::weights_matmul(x, w, bias, false)? {
+        return Ok(y);
+    }
+    match bias {
+        Some(b) => linear(x, w, b),
+        None => Ok(x.matmul(w)?),
+    }
 }
 
 /// `[t, offset + t]` additive mask: 0 where key <= query, -inf after.
