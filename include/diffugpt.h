@@ -37,6 +37,8 @@
  * -------
  *   A `const dgpt_model *` may be used from any number of threads at once (it is immutable).
  *   A `dgpt_session *` must be used by one thread at a time; create one session per thread.
+ *   A call on a session that is still running a call on another thread returns DGPT_ERR_BUSY
+ *   and does nothing.
  *   dgpt_last_error() is per thread. Callbacks run on the thread that called the library.
  *
  * Errors
@@ -54,8 +56,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
-// Default working-memory limit of one request: 8 GiB.
-#define DEFAULT_MEMORY_LIMIT (8 << 30)
+// Working-memory limit of one request when `dgpt_generate_params.memory_limit_bytes` is 0: 8 GiB
+// (an unsigned 64-bit constant).
+#define DGPT_DEFAULT_MEMORY_LIMIT (8ull << 30)
+
+// The default `dgpt_generate_params.end_floor` (measured on the built-in default model).
+#define DGPT_DEFAULT_END_FLOOR 0.7
 
 // Canvas length policy (`dgpt_generate_params.length_mode`).
 #define DGPT_LENGTH_FIXED 0
@@ -114,6 +120,9 @@ enum dgpt_status
   // A callback asked to stop: the abort callback before anything was generated, or the load
   // progress callback.
   DGPT_ERR_ABORTED = 13,
+  // The session is already running a call on another thread (sessions are one thread at a
+  // time: create one per thread). Nothing was done.
+  DGPT_ERR_BUSY = 14,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -212,7 +221,7 @@ typedef struct {
   uint32_t predictor;
   // tau for THRESHOLD, q for QUANTILE.
   float predictor_value;
-  // Length for ORACLE.
+  // Length for ORACLE: the answer's known length, in 1..canvas_len (the end token needs a slot).
   uint32_t oracle_len;
   // Extra slots kept after the predicted end.
   uint32_t margin;
@@ -228,9 +237,15 @@ typedef struct {
   void *step_user_data;
   dgpt_abort_callback abort_callback;
   void *abort_user_data;
-  // Refuse requests needing more working memory than this (bytes; 0 = the default, 8 GiB)
-  // with DGPT_ERR_MEMORY instead of risking an out-of-memory kill.
+  // Refuse requests needing more working memory than this (bytes; 0 =
+  // DGPT_DEFAULT_MEMORY_LIMIT, 8 GiB) with DGPT_ERR_MEMORY instead of risking an out-of-memory
+  // kill.
   uint64_t memory_limit_bytes;
+  // No end token before the end_floor-quantile of the length the model predicts at step 1
+  // (its end probability per slot read as P(end <= slot)), in both length modes; 0 = off
+  // (DiffuGPT's plain decoding), must be in [0, 1). Keeps a model fine-tuned on padded blocks
+  // from ending after a few tokens.
+  float end_floor;
 } dgpt_generate_params;
 
 // Generation statistics.
@@ -306,7 +321,7 @@ dgpt_status dgpt_session_new(const dgpt_model *model, dgpt_session **out);
 void dgpt_session_free(dgpt_session *session);
 
 // Defaults: canvas 64, one step per token, confidence unmasking, greedy, EoS-first with the
-// quantile-0.9 predictor, margin max(8, 25%), growth on, mask banned.
+// quantile-0.9 predictor, margin max(8, 25%), growth on, end floor 0.7, mask banned.
 dgpt_generate_params dgpt_generate_default_params(void);
 
 // Generates from a text prompt (needs a tokenizer). `params` may be NULL for the defaults. On
@@ -331,11 +346,20 @@ dgpt_status dgpt_generate_tokens(dgpt_session *session,
                                  dgpt_result **out);
 
 // The generated text (UTF-8, NUL-terminated; "" without a tokenizer). Owned by the result; NULL if
-// `result` is NULL.
+// `result` is NULL. The same bytes as `dgpt_detokenize` of the result's tokens: a generated NUL
+// token puts a NUL byte inside the text, so use `dgpt_result_text_len` rather than strlen when
+// that matters.
 //
 // # Safety
 // `result` must be NULL or a live result.
 const char *dgpt_result_text(const dgpt_result *result);
+
+// Length in bytes of `dgpt_result_text` (without the terminating NUL; interior NUL bytes
+// counted). 0 if `result` is NULL.
+//
+// # Safety
+// `result` must be NULL or a live result.
+size_t dgpt_result_text_len(const dgpt_result *result);
 
 // The answer's token ids (before the end); `*n_tokens` receives their count. Owned by the result.
 //
@@ -365,7 +389,8 @@ int32_t dgpt_tokenize(const dgpt_model *model, const char *text, uint32_t *buf, 
 
 // Detokenises `tokens` into `buf` (capacity `cap` bytes, including the NUL). Returns the number
 // of bytes written excluding the NUL, or, when `cap` is too small, minus the capacity required
-// (including the NUL). On error returns `INT32_MIN` and sets the last error.
+// (including the NUL). On error returns `INT32_MIN` and sets the last error. A NUL token yields
+// a NUL byte inside the text (as in `dgpt_result_text`): use the returned length, not strlen.
 //
 // # Safety
 // `model` valid; `tokens` valid for `n_tokens` ids; `buf` valid for `cap` bytes (may be NULL when

@@ -49,6 +49,9 @@ impl Activation {
     }
 }
 
+/// Largest single dimension (width, layers, positions, vocabulary) a config may ask for.
+const MAX_DIM: usize = 1 << 24;
+
 /// Resolved hyper-parameters of a GPT-2 shaped model.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelConfig {
@@ -164,18 +167,30 @@ impl ModelConfig {
                 "layer_norm_epsilon {eps} must be in (0, 1)"
             )));
         }
-        // param_count saturates, so absurd sizes cannot overflow into a small number.
+        // A dimension this large is named on its own: the saturated parameter count of such a
+        // config (u64::MAX) would be a meaningless number in the message.
         let big = [
-            self.n_embd,
-            self.n_inner,
-            self.n_positions,
-            self.vocab_size,
-            self.n_layer,
+            ("n_embd", self.n_embd),
+            ("n_inner", self.n_inner),
+            ("n_positions", self.n_positions),
+            ("vocab_size", self.vocab_size),
+            ("n_layer", self.n_layer),
         ];
-        if big.iter().any(|&v| v > 1 << 24) || self.param_count() > MAX_PARAMS {
+        if let Some((name, v)) = big.iter().find(|&&(_, v)| v > MAX_DIM) {
             return Err(Error::Config(format!(
-                "model would have {} parameters; refusing to allocate more than {MAX_PARAMS}",
-                self.param_count()
+                "{name} {v} is absurd (at most {MAX_DIM})"
+            )));
+        }
+        let n = self.param_count();
+        if n > MAX_PARAMS {
+            // u64::MAX is the saturated count: the true one does not fit in 64 bits.
+            let count = if n == u64::MAX {
+                "more than 2^64".to_string()
+            } else {
+                n.to_string()
+            };
+            return Err(Error::Config(format!(
+                "model would have {count} parameters; refusing to allocate more than {MAX_PARAMS}"
             )));
         }
         Ok(())
@@ -364,6 +379,19 @@ mod tests {
         c.n_embd = 1 << 22;
         c.n_head = 1;
         assert!(matches!(c.validate(), Err(Error::Config(m)) if m.contains("refusing")));
+        // Absurd sizes are named, never reported as a saturated parameter count.
+        let mut c = ModelConfig::gpt2_small();
+        c.n_layer = usize::MAX;
+        let m = c.validate().unwrap_err().to_string();
+        assert!(
+            m.contains(&format!("n_layer {} is absurd", usize::MAX)),
+            "{m}"
+        );
+        let mut c = ModelConfig::gpt2_small();
+        (c.n_layer, c.n_embd, c.n_inner, c.n_head) = (1 << 24, 1 << 24, 1 << 24, 1);
+        let m = c.validate().unwrap_err().to_string();
+        assert!(m.contains("more than 2^64 parameters"), "{m}");
+        assert!(!m.contains(&u64::MAX.to_string()), "{m}");
         let mut c = ModelConfig::gpt2_small();
         c.layer_norm_eps = f64::NAN;
         assert!(c.validate().is_err());

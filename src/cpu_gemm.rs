@@ -30,8 +30,42 @@
 
 use rayon::prelude::*;
 
-/// Whether the AVX-512 kernels can run on this CPU.
+/// The environment variable that forces a CPU kernel path: `auto` (default: the AVX-512 kernels
+/// where the CPU has them), `generic` (candle's GEMM and the portable row kernels, as on a CPU
+/// without AVX-512), `avx512` (as `auto`, with a note on stderr when the CPU lacks AVX-512).
+/// Read once per process; it lets the tests run every path on whatever machine CI has.
+pub const KERNELS_ENV: &str = "DIFFUGPT_CPU_KERNELS";
+
+/// Whether the AVX-512 kernels run: the CPU has them and [`KERNELS_ENV`] does not force the
+/// generic path. The one switch for the CPU forward's kernels (weight packing, projections, head,
+/// row kernels).
 pub fn available() -> bool {
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        let detected = detected();
+        match std::env::var(KERNELS_ENV).as_deref() {
+            Err(_) | Ok("") | Ok("auto") => detected,
+            Ok("generic") => false,
+            Ok("avx512") => {
+                if !detected {
+                    eprintln!(
+                        "note: {KERNELS_ENV}=avx512 but this CPU has no AVX-512: generic kernels"
+                    );
+                }
+                detected
+            }
+            Ok(other) => {
+                eprintln!(
+                    "note: {KERNELS_ENV}={other:?} is not one of auto, generic, avx512: using auto"
+                );
+                detected
+            }
+        }
+    })
+}
+
+/// Whether this CPU has the AVX-512 the kernels are compiled for.
+fn detected() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::is_x86_feature_detected!("avx512f")

@@ -17,7 +17,7 @@ use candle_core::Tensor;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::length::{cut_length, LengthPredictor};
+use crate::length::{cut_length, length_floor, LengthPredictor};
 use crate::model::{AttnMask, Gpt2, KvCache, LOGIT_CHUNK};
 use crate::rng::Rng;
 use crate::sampler::{argmax, ConfidenceKind, RowChoice, Sampler, SamplingParams};
@@ -89,10 +89,18 @@ pub struct GenerateParams {
     /// Refuse requests whose forward pass would need more working memory than this many bytes
     /// (see [`Gpt2::forward_bytes`]); an error instead of an OOM kill.
     pub memory_limit: u64,
+    /// No end before the `end_floor`-quantile of the length the first step predicts (0 = off,
+    /// DiffuGPT's plain decoding; see [`crate::length::length_floor`]), in both length modes.
+    /// Without it, confidence decoding lets the ends of a model fine-tuned on padded blocks creep
+    /// inward step by step and its answers come out a few tokens long.
+    pub end_floor: f32,
 }
 
 /// Default working-memory limit of one request: 8 GiB.
 pub const DEFAULT_MEMORY_LIMIT: u64 = 8 << 30;
+
+/// The default `end_floor` (measured on the default model: docs/results.md).
+pub const DEFAULT_END_FLOOR: f32 = 0.7;
 
 impl Default for GenerateParams {
     fn default() -> Self {
@@ -107,6 +115,7 @@ impl Default for GenerateParams {
                 margin_ratio: 0.25,
                 grow: true,
             },
+            end_floor: DEFAULT_END_FLOOR,
             seed: 0,
             ban_mask: true,
             memory_limit: DEFAULT_MEMORY_LIMIT,
@@ -158,6 +167,12 @@ impl GenerateParams {
                     "margin ratio must be >= 0, got {margin_ratio}"
                 )));
             }
+        }
+        if !(0.0..1.0).contains(&self.end_floor) {
+            return Err(Error::Param(format!(
+                "end floor must be in [0, 1) (0 = off), got {}",
+                self.end_floor
+            )));
         }
         Ok(())
     }
@@ -316,6 +331,8 @@ impl<'m> Session<'m> {
         let mut remaining = total_steps;
         let mut step = 0;
         let mut seq = prefix.clone();
+        // Slots before it may not be revealed as an end (set at step 1 by `end_floor`).
+        let mut end_floor = 0usize;
 
         while open.contains(&true) {
             step += 1;
@@ -340,7 +357,28 @@ impl<'m> Session<'m> {
             stats.forward_passes += 1;
             stats.forward_sizes.push(seq.len());
 
-            if step == 1 {
+            let eos_first = matches!(params.length, LengthMode::EosFirst { .. });
+            if step == 1 && (eos_first || params.end_floor > 0.0) {
+                // The first step's end probability per slot: the length prediction, the floor.
+                let slots: Vec<usize> = (0..canvas.len()).collect();
+                let mut p_end = vec![0.0f32; slots.len()];
+                let mut is_end = vec![false; slots.len()];
+                #[cfg(feature = "cuda")]
+                if let Hidden::Gpu { sess, ends, banned } = &mut hidden {
+                    // p_end and the raw argmax come from the decision kernel.
+                    let rows: Vec<usize> = slots.iter().map(|&j| p_len - 1 + j).collect();
+                    for (k, d) in sess.decide(&rows, ends, banned)?.into_iter().enumerate() {
+                        p_end[k] = d.p_end;
+                        is_end[k] = ids.is_end(d.raw_argmax);
+                    }
+                }
+                if let Hidden::Cpu(_) = hidden {
+                    for_each_row(model, &mut hidden, p_len, &slots, |k, row| {
+                        p_end[k] = sampler.end_prob(row);
+                        is_end[k] = ids.is_end(argmax(row).0 as u32);
+                    })?;
+                }
+                end_floor = length_floor(params.end_floor, &p_end);
                 if let LengthMode::EosFirst {
                     predictor,
                     margin,
@@ -348,27 +386,16 @@ impl<'m> Session<'m> {
                     ..
                 } = params.length
                 {
-                    let slots: Vec<usize> = (0..canvas.len()).collect();
-                    let mut p_end = vec![0.0f32; slots.len()];
-                    let mut is_end = vec![false; slots.len()];
-                    #[cfg(feature = "cuda")]
-                    if let Hidden::Gpu { sess, ends, banned } = &mut hidden {
-                        // p_end and the raw argmax come from the decision kernel.
-                        let rows: Vec<usize> = slots.iter().map(|&j| p_len - 1 + j).collect();
-                        for (k, d) in sess.decide(&rows, ends, banned)?.into_iter().enumerate() {
-                            p_end[k] = d.p_end;
-                            is_end[k] = ids.is_end(d.raw_argmax);
-                        }
-                    }
-                    if let Hidden::Cpu(_) = hidden {
-                        for_each_row(model, &mut hidden, p_len, &slots, |k, row| {
-                            p_end[k] = sampler.end_prob(row);
-                            is_end[k] = ids.is_end(argmax(row).0 as u32);
-                        })?;
-                    }
                     let pred = predictor.predict(&p_end, &is_end);
                     stats.predicted_len = pred;
-                    let cut = cut_length(pred, margin, margin_ratio, max_len);
+                    // The answer ends at the floor at the earliest: a cut before it would only
+                    // grow back.
+                    let cut = cut_length(
+                        pred.map(|n| n.max(end_floor)),
+                        margin,
+                        margin_ratio,
+                        max_len,
+                    );
                     if cut < canvas.len() {
                         canvas.truncate(cut);
                         open.truncate(cut);
@@ -387,11 +414,26 @@ impl<'m> Session<'m> {
                         .copied()
                         .filter(|_| remaining <= 1 || rng.next_f64() < p)
                         .collect();
-                    choose_rows(model, &mut hidden, p_len, &chosen, &mut sampler, &mut rng)?
+                    choose_rows(
+                        model,
+                        &mut hidden,
+                        p_len,
+                        &chosen,
+                        &mut sampler,
+                        &mut rng,
+                        end_floor,
+                    )?
                 }
                 Strategy::Confidence(_) => {
-                    let mut all =
-                        choose_rows(model, &mut hidden, p_len, &masked, &mut sampler, &mut rng)?;
+                    let mut all = choose_rows(
+                        model,
+                        &mut hidden,
+                        p_len,
+                        &masked,
+                        &mut sampler,
+                        &mut rng,
+                        end_floor,
+                    )?;
                     let n = masked.len().div_ceil(remaining.max(1));
                     // Stable: ties keep canvas order, so greedy decoding is deterministic.
                     all.sort_by(|a, b| {
@@ -624,18 +666,40 @@ fn choose_rows(
     slots: &[usize],
     sampler: &mut Sampler,
     rng: &mut Rng,
+    end_floor: usize,
 ) -> Result<Vec<(usize, RowChoice)>> {
+    let floor_applies = slots.iter().any(|&j| j < end_floor);
     #[cfg(feature = "cuda")]
     if let Hidden::Gpu { sess, ends, banned } = hidden {
         // Greedy without a repetition penalty is decided on the GPU; anything else copies the
-        // rows' logits to the host sampler below (same results, more traffic).
-        if let Some(out) = crate::cuda::decide_greedy(sess, p_len, slots, sampler, ends, banned)? {
+        // rows' logits to the host sampler below (same results, more traffic). Rows before the
+        // end floor are decided with the end ids banned as well, the others as they are.
+        let (below, rest): (Vec<usize>, Vec<usize>) = slots.iter().partition(|&&j| j < end_floor);
+        let no_end: Vec<u32> = banned.iter().chain(ends.iter()).copied().collect();
+        let mut out = Vec::with_capacity(slots.len());
+        let mut on_gpu = true;
+        for (rows, ban) in [(&below, &no_end[..]), (&rest, &banned[..])] {
+            if rows.is_empty() {
+                continue;
+            }
+            match crate::cuda::decide_greedy(sess, p_len, rows, sampler, ends, ban)? {
+                Some(part) => out.extend(part),
+                None => {
+                    on_gpu = false;
+                    break;
+                }
+            }
+        }
+        if on_gpu {
+            // Canvas order, as the host path returns them.
+            out.sort_by_key(|&(j, _)| j);
             return Ok(out);
         }
     }
     let mut out = Vec::with_capacity(slots.len());
     for_each_row(model, hidden, p_len, slots, |k, row| {
-        out.push((slots[k], sampler.choose(row, rng)));
+        let allow_end = !floor_applies || slots[k] >= end_floor;
+        out.push((slots[k], sampler.choose_with(row, rng, allow_end)));
     })?;
     Ok(out)
 }

@@ -120,10 +120,38 @@ impl Model {
         Session::new(&self.gpt)
     }
 
+    /// The longest prompt (in tokens) the context can take: BOS and at least one answer slot
+    /// need a position each.
+    pub fn max_prompt_tokens(&self) -> usize {
+        self.gpt.cfg.n_positions.saturating_sub(2)
+    }
+
+    /// `Error::Prompt` when `n` prompt tokens cannot fit the context whatever the canvas.
+    pub fn check_prompt_len(&self, n: usize) -> Result<()> {
+        let max = self.max_prompt_tokens();
+        if n > max {
+            return Err(Error::Prompt(format!(
+                "the prompt has {n} tokens; the model's {} positions leave room for at most {max} (BOS and one answer slot take the rest)",
+                self.gpt.cfg.n_positions
+            )));
+        }
+        Ok(())
+    }
+
+    /// Tokenises a prompt, refusing one too long for the context (`Error::Prompt`): before
+    /// tokenising when its byte length already says so (see [`Tokenizer::encode_at_most`]).
+    pub fn encode_prompt(&self, prompt: &str) -> Result<Vec<u32>> {
+        let ids = self
+            .tokenizer()?
+            .encode_at_most(prompt, self.max_prompt_tokens())?;
+        self.check_prompt_len(ids.len())?;
+        Ok(ids)
+    }
+
     /// Tokenises `prompt`, generates, and detokenises the answer.
     pub fn generate_text(&self, prompt: &str, params: &GenerateParams) -> Result<TextGeneration> {
         let tok = self.tokenizer()?;
-        let ids = tok.encode(prompt)?;
+        let ids = self.encode_prompt(prompt)?;
         let generation = self.session().generate(&ids, params, None)?;
         let text = tok.decode(&generation.tokens, true)?;
         Ok(TextGeneration { text, generation })

@@ -14,6 +14,7 @@ use std::cell::RefCell;
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -57,6 +58,9 @@ pub enum dgpt_status {
     /// A callback asked to stop: the abort callback before anything was generated, or the load
     /// progress callback.
     DGPT_ERR_ABORTED = 13,
+    /// The session is already running a call on another thread (sessions are one thread at a
+    /// time: create one per thread). Nothing was done.
+    DGPT_ERR_BUSY = 14,
 }
 
 use dgpt_status::*;
@@ -252,6 +256,7 @@ pub extern "C" fn dgpt_status_str(status: u32) -> *const c_char {
         11 => "internal error (panic)\0",
         12 => "params struct size mismatch\0",
         13 => "aborted\0",
+        14 => "session busy (in use by another thread)\0",
         _ => "unknown status\0",
     };
     s.as_ptr() as *const c_char
@@ -266,13 +271,53 @@ pub struct dgpt_model {
 /// Per-request state. Use from one thread at a time. Keeps its model alive.
 pub struct dgpt_session {
     model: Arc<Model>,
+    /// Set for the duration of a call. Sessions are stateless today, so a second thread would get
+    /// away with it; a future stateful session (caches, buffers) would be silently corrupted, so a
+    /// concurrent call is refused now with DGPT_ERR_BUSY. One atomic swap per call.
+    in_use: AtomicBool,
+}
+
+/// Holds a session's `in_use` flag for one call; dropping it (also on error or panic) frees it.
+struct SessionClaim<'a>(&'a AtomicBool);
+
+impl<'a> SessionClaim<'a> {
+    fn take(session: &'a dgpt_session) -> FfiResult<Self> {
+        session
+            .in_use
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .map(|_| SessionClaim(&session.in_use))
+            .map_err(|_| {
+                (
+                    DGPT_ERR_BUSY,
+                    "the session is in use by another call (a session serves one thread at a time: create one session per thread)".into(),
+                )
+            })
+    }
+}
+
+impl Drop for SessionClaim<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 /// The outcome of a generation: tokens, text and statistics. Owned by the caller.
 pub struct dgpt_result {
     tokens: Vec<u32>,
-    text: CString,
+    /// The text's bytes plus a terminating NUL. The text itself may hold NUL bytes (a model can
+    /// generate the NUL token), exactly as `dgpt_detokenize` returns them; `dgpt_result_text_len`
+    /// gives the length.
+    text: Vec<u8>,
     stats: dgpt_stats,
+}
+
+impl dgpt_result {
+    fn text_bytes(text: &str) -> Vec<u8> {
+        let mut v = Vec::with_capacity(text.len() + 1);
+        v.extend_from_slice(text.as_bytes());
+        v.push(0);
+        v
+    }
 }
 
 /// Load progress: `progress` in [0, 1]; return false to cancel loading.
@@ -520,6 +565,7 @@ pub unsafe extern "C" fn dgpt_session_new(
         non_null(out, "out")?;
         *out = Box::into_raw(Box::new(dgpt_session {
             model: (*model).inner.clone(),
+            in_use: AtomicBool::new(false),
         }));
         Ok(())
     })
@@ -535,6 +581,16 @@ pub unsafe extern "C" fn dgpt_session_free(session: *mut dgpt_session) {
         let _ = catch_unwind(AssertUnwindSafe(|| drop(Box::from_raw(session))));
     }
 }
+
+/// Working-memory limit of one request when `dgpt_generate_params.memory_limit_bytes` is 0: 8 GiB
+/// (an unsigned 64-bit constant).
+// The `u64` suffix makes cbindgen write `8ull << 30`; a plain `8 << 30` overflows a C `int`.
+pub const DGPT_DEFAULT_MEMORY_LIMIT: u64 = 8u64 << 30;
+const _: () = assert!(DGPT_DEFAULT_MEMORY_LIMIT == crate::decode::DEFAULT_MEMORY_LIMIT);
+
+/// The default `dgpt_generate_params.end_floor` (measured on the built-in default model).
+pub const DGPT_DEFAULT_END_FLOOR: f32 = 0.7;
+const _: () = assert!(DGPT_DEFAULT_END_FLOOR == crate::decode::DEFAULT_END_FLOOR);
 
 /// Canvas length policy (`dgpt_generate_params.length_mode`).
 pub const DGPT_LENGTH_FIXED: u32 = 0;
@@ -578,7 +634,7 @@ pub struct dgpt_generate_params {
     pub predictor: u32,
     /// tau for THRESHOLD, q for QUANTILE.
     pub predictor_value: f32,
-    /// Length for ORACLE.
+    /// Length for ORACLE: the answer's known length, in 1..canvas_len (the end token needs a slot).
     pub oracle_len: u32,
     /// Extra slots kept after the predicted end.
     pub margin: u32,
@@ -594,13 +650,19 @@ pub struct dgpt_generate_params {
     pub step_user_data: *mut c_void,
     pub abort_callback: dgpt_abort_callback,
     pub abort_user_data: *mut c_void,
-    /// Refuse requests needing more working memory than this (bytes; 0 = the default, 8 GiB)
-    /// with DGPT_ERR_MEMORY instead of risking an out-of-memory kill.
+    /// Refuse requests needing more working memory than this (bytes; 0 =
+    /// DGPT_DEFAULT_MEMORY_LIMIT, 8 GiB) with DGPT_ERR_MEMORY instead of risking an out-of-memory
+    /// kill.
     pub memory_limit_bytes: u64,
+    /// No end token before the end_floor-quantile of the length the model predicts at step 1
+    /// (its end probability per slot read as P(end <= slot)), in both length modes; 0 = off
+    /// (DiffuGPT's plain decoding), must be in [0, 1). Keeps a model fine-tuned on padded blocks
+    /// from ending after a few tokens.
+    pub end_floor: f32,
 }
 
 /// Defaults: canvas 64, one step per token, confidence unmasking, greedy, EoS-first with the
-/// quantile-0.9 predictor, margin max(8, 25%), growth on, mask banned.
+/// quantile-0.9 predictor, margin max(8, 25%), growth on, end floor 0.7, mask banned.
 #[no_mangle]
 pub extern "C" fn dgpt_generate_default_params() -> dgpt_generate_params {
     dgpt_generate_params {
@@ -628,6 +690,7 @@ pub extern "C" fn dgpt_generate_default_params() -> dgpt_generate_params {
         abort_callback: None,
         abort_user_data: std::ptr::null_mut(),
         memory_limit_bytes: 0,
+        end_floor: DGPT_DEFAULT_END_FLOOR,
     }
 }
 
@@ -643,7 +706,20 @@ fn to_core_params(p: &dgpt_generate_params) -> FfiResult<GenerateParams> {
         DGPT_PREDICTOR_ARGMAX => LengthPredictor::ArgmaxFirst,
         DGPT_PREDICTOR_THRESHOLD => LengthPredictor::Threshold(p.predictor_value),
         DGPT_PREDICTOR_QUANTILE => LengthPredictor::Quantile(p.predictor_value),
-        DGPT_PREDICTOR_ORACLE => LengthPredictor::Oracle(p.oracle_len as usize),
+        DGPT_PREDICTOR_ORACLE => {
+            // 0 is the struct's default (a forgotten field), and a length without room for the
+            // end token would silently disable the cut: both are caller errors.
+            if p.length_mode == DGPT_LENGTH_EOS_FIRST
+                && (p.oracle_len == 0 || p.oracle_len >= p.canvas_len)
+            {
+                return Err(invalid(format!(
+                    "oracle_len must be between 1 and canvas_len - 1 = {} (the end token needs a slot), got {}",
+                    p.canvas_len.saturating_sub(1),
+                    p.oracle_len
+                )));
+            }
+            LengthPredictor::Oracle(p.oracle_len as usize)
+        }
         s => return Err(invalid(format!("unknown predictor {s}"))),
     };
     let length = match p.length_mode {
@@ -674,10 +750,11 @@ fn to_core_params(p: &dgpt_generate_params) -> FfiResult<GenerateParams> {
         seed: p.seed,
         ban_mask: p.ban_mask,
         memory_limit: if p.memory_limit_bytes == 0 {
-            crate::decode::DEFAULT_MEMORY_LIMIT
+            DGPT_DEFAULT_MEMORY_LIMIT
         } else {
             p.memory_limit_bytes
         },
+        end_floor: p.end_floor,
     })
 }
 
@@ -702,26 +779,41 @@ pub struct dgpt_stats {
     pub elapsed_s: f64,
 }
 
+/// The caller's parameters (NULL: the defaults). Read before the prompt is looked at, so that a
+/// wrong `size` is an ABI error whatever the prompt holds.
+///
+/// # Safety
+/// `params` must be NULL or point to at least `params->size` readable bytes.
+unsafe fn generate_params(params: *const dgpt_generate_params) -> FfiResult<dgpt_generate_params> {
+    if params.is_null() {
+        return Ok(dgpt_generate_default_params());
+    }
+    // The struct of 0.1 before `end_floor` was appended: a program built against that header
+    // keeps working and gets the default floor.
+    const BEFORE_END_FLOOR: usize = std::mem::offset_of!(dgpt_generate_params, end_floor);
+    let full = std::mem::size_of::<dgpt_generate_params>();
+    let size = *(params as *const usize);
+    read_params(
+        params,
+        if size == BEFORE_END_FLOOR {
+            BEFORE_END_FLOOR
+        } else {
+            full
+        },
+        dgpt_generate_default_params(),
+        "params",
+    )
+}
+
 fn run_generation(
-    session: *mut dgpt_session,
+    model: &Model,
     prompt_tokens: Vec<u32>,
-    params: *const dgpt_generate_params,
+    p: dgpt_generate_params,
 ) -> FfiResult<Box<dgpt_result>> {
-    // SAFETY (callers): `session` was NULL-checked and comes from dgpt_session_new.
-    let model = unsafe { (*session).model.clone() };
-    let p = if params.is_null() {
-        dgpt_generate_default_params()
-    } else {
-        // SAFETY: NULL-checked inside; the caller promises a readable struct.
-        unsafe {
-            read_params(
-                params,
-                std::mem::size_of::<dgpt_generate_params>(),
-                dgpt_generate_default_params(),
-                "params",
-            )?
-        }
-    };
+    // Before the canvas checks, so that a prompt too long for any canvas is a prompt error.
+    model
+        .check_prompt_len(prompt_tokens.len())
+        .map_err(lib_err)?;
     let start = Instant::now();
     let mut aborted_before_start = false;
     if let Some(abort) = p.abort_callback {
@@ -783,7 +875,7 @@ fn run_generation(
     let s = &g.stats;
     Ok(Box::new(dgpt_result {
         tokens: g.tokens.clone(),
-        text: CString::new(text.replace('\0', "")).unwrap_or_default(),
+        text: dgpt_result::text_bytes(&text),
         stats: dgpt_stats {
             predicted_len: s.predicted_len.map_or(-1, |v| v as i64),
             final_len: s.final_len as u64,
@@ -815,10 +907,11 @@ pub unsafe extern "C" fn dgpt_generate(
         non_null(session, "session")?;
         non_null(out, "out")?;
         let prompt = c_str(prompt, "prompt")?;
-        let model = &(*session).model;
-        let tok = model.tokenizer().map_err(lib_err)?;
-        let ids = tok.encode(prompt).map_err(lib_err)?;
-        *out = Box::into_raw(run_generation(session, ids, params)?);
+        let p = generate_params(params)?;
+        let session = &*session;
+        let _claim = SessionClaim::take(session)?;
+        let ids = session.model.encode_prompt(prompt).map_err(lib_err)?;
+        *out = Box::into_raw(run_generation(&session.model, ids, p)?);
         Ok(())
     })
 }
@@ -848,13 +941,18 @@ pub unsafe extern "C" fn dgpt_generate_tokens(
             }
             std::slice::from_raw_parts(tokens, n_tokens).to_vec()
         };
-        *out = Box::into_raw(run_generation(session, ids, params)?);
+        let p = generate_params(params)?;
+        let session = &*session;
+        let _claim = SessionClaim::take(session)?;
+        *out = Box::into_raw(run_generation(&session.model, ids, p)?);
         Ok(())
     })
 }
 
 /// The generated text (UTF-8, NUL-terminated; "" without a tokenizer). Owned by the result; NULL if
-/// `result` is NULL.
+/// `result` is NULL. The same bytes as `dgpt_detokenize` of the result's tokens: a generated NUL
+/// token puts a NUL byte inside the text, so use `dgpt_result_text_len` rather than strlen when
+/// that matters.
 ///
 /// # Safety
 /// `result` must be NULL or a live result.
@@ -863,7 +961,20 @@ pub unsafe extern "C" fn dgpt_result_text(result: *const dgpt_result) -> *const 
     if result.is_null() {
         return std::ptr::null();
     }
-    (*result).text.as_ptr()
+    (*result).text.as_ptr() as *const c_char
+}
+
+/// Length in bytes of `dgpt_result_text` (without the terminating NUL; interior NUL bytes
+/// counted). 0 if `result` is NULL.
+///
+/// # Safety
+/// `result` must be NULL or a live result.
+#[no_mangle]
+pub unsafe extern "C" fn dgpt_result_text_len(result: *const dgpt_result) -> usize {
+    if result.is_null() {
+        return 0;
+    }
+    (*result).text.len() - 1
 }
 
 /// The answer's token ids (before the end); `*n_tokens` receives their count. Owned by the result.
@@ -949,7 +1060,8 @@ pub unsafe extern "C" fn dgpt_tokenize(
 
 /// Detokenises `tokens` into `buf` (capacity `cap` bytes, including the NUL). Returns the number
 /// of bytes written excluding the NUL, or, when `cap` is too small, minus the capacity required
-/// (including the NUL). On error returns `INT32_MIN` and sets the last error.
+/// (including the NUL). On error returns `INT32_MIN` and sets the last error. A NUL token yields
+/// a NUL byte inside the text (as in `dgpt_result_text`): use the returned length, not strlen.
 ///
 /// # Safety
 /// `model` valid; `tokens` valid for `n_tokens` ids; `buf` valid for `cap` bytes (may be NULL when
@@ -1228,7 +1340,7 @@ mod tests {
     fn result_accessors_and_free() {
         let r = Box::into_raw(Box::new(dgpt_result {
             tokens: vec![1, 2, 3],
-            text: CString::new("abc").unwrap(),
+            text: dgpt_result::text_bytes("a\0bc"),
             stats: dgpt_stats {
                 final_len: 3,
                 ..Default::default()
@@ -1239,7 +1351,10 @@ mod tests {
             let mut n = 99usize;
             let t = dgpt_result_tokens(r, &mut n);
             assert_eq!(std::slice::from_raw_parts(t, n), [1, 2, 3]);
-            assert_eq!(CStr::from_ptr(dgpt_result_text(r)).to_str().unwrap(), "abc");
+            let text = dgpt_result_text(r) as *const u8;
+            assert_eq!(dgpt_result_text_len(r), 4);
+            assert_eq!(std::slice::from_raw_parts(text, 5), b"a\0bc\0");
+            assert_eq!(dgpt_result_text_len(std::ptr::null()), 0);
             let mut st = dgpt_stats::default();
             assert_eq!(dgpt_result_stats(r, &mut st), DGPT_OK);
             assert_eq!(st.final_len, 3);

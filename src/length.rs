@@ -96,6 +96,24 @@ impl LengthPredictor {
     }
 }
 
+/// The first slot that may hold an end: the first slot whose end probability reaches `q`, or 0
+/// when `q` is 0 (off) or no slot reaches it.
+///
+/// Models fine-tuned on padded blocks (eos-pad, eos-eos) fill every slot after the end with an end
+/// id, so their first-step `p_end[j]` reads as P(end <= j), the CDF of the answer's length, and
+/// this slot is its q-quantile. Why a floor: confidence decoding reveals the surest slots first,
+/// and for such a model those are the far padding; each revealed pad makes the slot before it
+/// look more like padding, so the ends creep inward until the answer is a few tokens long (the
+/// measured failure in docs/results.md). Banning ends before the floor keeps the length the model
+/// itself predicted when it had seen only the prompt. A model trained on streams (one end id, then
+/// the next document) rarely reaches `q` anywhere and gets no floor.
+pub fn length_floor(q: f32, p_end: &[f32]) -> usize {
+    if q <= 0.0 {
+        return 0;
+    }
+    p_end.iter().position(|&p| p >= q).unwrap_or(0)
+}
+
 /// Canvas length to keep after a prediction: the answer, one slot for the end, and a safety margin
 /// (the larger of `margin` tokens and `margin_ratio` x the prediction), capped at `max_len`.
 pub fn cut_length(
@@ -133,6 +151,17 @@ mod tests {
         assert_eq!(LengthPredictor::Quantile(0.9).predict(&p, &am), Some(3));
         assert_eq!(LengthPredictor::Quantile(0.99).predict(&p, &am), None);
         assert_eq!(LengthPredictor::ArgmaxFirst.predict(&p, &[false; 5]), None);
+    }
+
+    #[test]
+    fn floor_is_the_first_slot_reaching_q() {
+        let cdf = [0.0, 0.1, 0.4, 0.5, 0.9, 1.0];
+        assert_eq!(length_floor(0.0, &cdf), 0);
+        assert_eq!(length_floor(0.5, &cdf), 3);
+        assert_eq!(length_floor(0.45, &cdf), 3);
+        assert_eq!(length_floor(0.95, &cdf), 5);
+        // A stream model's point-like end probabilities: nothing reaches q, no floor.
+        assert_eq!(length_floor(0.5, &[0.01, 0.3, 0.02]), 0);
     }
 
     #[test]

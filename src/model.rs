@@ -234,6 +234,10 @@ impl Gpt2 {
         }
         let att = if fast {
             crate::cpu_kernels::scaled_softmax_inplace(att, scale as f32)?
+        } else if self.differentiable {
+            // candle-nn's fused `softmax_last_dim` has no backward: under it no gradient reaches
+            // the queries and keys (their weights never trained). The composed softmax has one.
+            candle_nn::ops::softmax(&att, candle_core::D::Minus1)?
         } else {
             candle_nn::ops::softmax_last_dim(&att)?
         };

@@ -145,7 +145,20 @@ impl Sampler {
 
     /// Chooses a token for one row. `logits` is modified in place (it is scratch to the caller).
     pub fn choose(&mut self, logits: &mut [f32], rng: &mut Rng) -> RowChoice {
+        self.choose_with(logits, rng, true)
+    }
+
+    /// `choose`, with the end ids banned when `allow_end` is false (a slot before the answer's
+    /// shortest length). `p_end` is still the raw probability of the end.
+    pub fn choose_with(&mut self, logits: &mut [f32], rng: &mut Rng, allow_end: bool) -> RowChoice {
         let p_end = self.end_prob(logits);
+        if !allow_end {
+            for &e in &self.end_ids {
+                if let Some(l) = logits.get_mut(e as usize) {
+                    *l = f32::NEG_INFINITY;
+                }
+            }
+        }
         for &b in &self.banned {
             if let Some(l) = logits.get_mut(b as usize) {
                 *l = f32::NEG_INFINITY;

@@ -15,10 +15,11 @@ fn run(args: &[&str]) -> (bool, String, String) {
 }
 
 #[test]
-fn generate_json_on_the_builtin_default_says_it_is_a_fixture() {
+fn generate_json_on_the_builtin_default_model() {
     let (ok, out, err) = run(&["generate", "--prompt", "Hello", "--canvas", "12", "--json"]);
     assert!(ok, "{err}");
-    assert!(err.contains("not meaningful"), "{err}");
+    assert!(err.contains("built-in default model"), "{err}");
+    assert!(err.contains("models/default"), "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["prompt"], "Hello");
     assert_eq!(v["stats"]["canvas_len"], 12);
@@ -59,12 +60,24 @@ fn bad_arguments_fail_with_a_message() {
     assert!(err.contains("/nonexistent/model"), "{err}");
 }
 
+/// The built-in default is the trained model of `training/recipes/default`: DiffuGPT's layout,
+/// the corpus vocabulary (8 192 ids + the pad row), its own end, mask and pad ids.
 #[test]
 fn inspect_reports_layout_and_ids() {
     let (ok, out, err) = run(&["inspect"]);
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["layout"], "diffugpt");
+    assert_eq!(v["eos_id"], 0);
+    assert_eq!(v["mask_id"], 1);
+    assert_eq!(v["pad_id"], 8192);
+    assert_eq!(v["vocab_size"], 8193);
+    assert_eq!(v["tokenizer_vocab"], 8192);
+    // The fixture (GPT-2 vocabulary) is still a model the CLI loads.
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-diffugpt");
+    let (ok, out, err) = run(&["inspect", "--model", fixture]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["mask_id"], 10541);
     assert_eq!(v["eos_id"], 50256);
     assert_eq!(v["vocab_size"], 50257);
@@ -160,4 +173,56 @@ fn threads_sizes_the_pool_and_the_bench_reports_it() {
     let (ok, _, err) = bench("0");
     assert!(!ok);
     assert!(err.contains("--threads"), "{err}");
+}
+
+/// `generate --compare` decodes the same prompt both ways and reports each: the fixed run keeps
+/// the whole canvas at every step, the EoS-first run never processes more positions than it.
+#[test]
+fn generate_compare_shows_fixed_and_eos_first_side_by_side() {
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-diffugpt");
+    let args = [
+        "generate", "--model", fixture, "--prompt", "Hello", "--canvas", "16",
+    ];
+    let (ok, out, err) = run(&[&args[..], &["--compare", "--json"]].concat());
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let (f, e) = (&v["fixed"]["stats"], &v["eos_first"]["stats"]);
+    assert_eq!(f["canvas_len"], 16);
+    assert_eq!(f["final_canvas_len"], 16);
+    assert!(f["predicted_len"].is_null());
+    assert_eq!(e["canvas_len"], 16);
+    let positions = |s: &serde_json::Value| -> u64 {
+        s["forward_sizes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_u64().unwrap())
+            .sum()
+    };
+    // Every fixed-length pass covers BOS, the prompt and the whole canvas.
+    let sizes = f["forward_sizes"].as_array().unwrap();
+    assert!(
+        sizes.iter().all(|n| n == &sizes[0]) && sizes[0].as_u64().unwrap() > 16,
+        "{v}"
+    );
+    if e["grow_events"] == 0 {
+        assert!(positions(e) <= positions(f), "{v}");
+    }
+    // The table: a header and one row per mode, after both texts.
+    let (ok, out, err) = run(&[&args[..], &["--compare"]].concat());
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("--- fixed ---") && out.contains("--- eos-first ---"),
+        "{out}"
+    );
+    let rows: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| ---"))
+        .collect();
+    assert_eq!(rows.len(), 3, "{out}");
+    assert!(rows[1].starts_with("| fixed | - |"), "{out}");
+    assert!(rows[2].starts_with("| eos-first |"), "{out}");
+    // Not with ARM decoding or an explicit length mode.
+    let (ok, _, err) = run(&[&args[..], &["--compare", "--arm"]].concat());
+    assert!(!ok && err.contains("cannot be used with"), "{err}");
 }

@@ -182,6 +182,56 @@ fn null_and_invalid_arguments_return_statuses() {
             dgpt_generate_tokens(s, null(), 2, &p, &mut r),
             DGPT_ERR_NULL_ARG
         );
+        // A wrong `size` is an ABI error whatever the prompt holds: the struct is read before the
+        // prompt is checked (found by the c_api_strings fuzzer with a too-long prompt).
+        let long_ids = vec![1u32; 4096];
+        let long_text = cstr(&"Hello ".repeat(4096));
+        let mut bad_size = small_params();
+        bad_size.size = 121;
+        assert_eq!(
+            dgpt_generate_tokens(s, long_ids.as_ptr(), long_ids.len(), &bad_size, &mut r),
+            DGPT_ERR_ABI,
+            "{}",
+            last_error()
+        );
+        assert_eq!(
+            dgpt_generate(s, long_text.as_ptr(), &bad_size, &mut r),
+            DGPT_ERR_ABI,
+            "{}",
+            last_error()
+        );
+        assert_eq!(
+            dgpt_generate_tokens(s, long_ids.as_ptr(), long_ids.len(), &p, &mut r),
+            DGPT_ERR_PROMPT
+        );
+        assert!(r.is_null());
+        // The struct as it was before `end_floor` was appended is still accepted (the floor then
+        // takes its default, so a garbage value there must not matter); a size inside the new
+        // field is not.
+        let before = std::mem::offset_of!(dgpt_generate_params, end_floor);
+        let mut old = small_params();
+        old.size = before;
+        old.end_floor = f32::NAN;
+        assert_eq!(
+            dgpt_generate(s, prompt.as_ptr(), &old, &mut r),
+            DGPT_OK,
+            "{}",
+            last_error()
+        );
+        dgpt_result_free(r);
+        r = null_mut();
+        old.size = before + 2;
+        assert_eq!(
+            dgpt_generate(s, prompt.as_ptr(), &old, &mut r),
+            DGPT_ERR_ABI
+        );
+        let mut bad_floor = small_params();
+        bad_floor.end_floor = 1.0;
+        assert_eq!(
+            dgpt_generate(s, prompt.as_ptr(), &bad_floor, &mut r),
+            DGPT_ERR_INVALID_ARG
+        );
+        assert!(r.is_null());
 
         let mut stats = dgpt_stats::default();
         assert_eq!(dgpt_result_stats(null(), &mut stats), DGPT_ERR_NULL_ARG);
@@ -383,4 +433,237 @@ fn one_model_eight_threads_matches_serial() {
     assert_eq!(serial, parallel);
     assert!(serial.iter().any(|(t, _)| !t.is_empty()));
     unsafe { dgpt_model_free(model.0) };
+}
+
+/// Generates from ids on a fresh session; returns the status and the last error.
+fn generate_ids(model: *const dgpt_model, ids: &[u32], p: &dgpt_generate_params) -> dgpt_status {
+    unsafe {
+        let mut s = null_mut();
+        assert_eq!(dgpt_session_new(model, &mut s), DGPT_OK);
+        let mut r = null_mut();
+        let st = dgpt_generate_tokens(s, ids.as_ptr(), ids.len(), p, &mut r);
+        dgpt_result_free(r);
+        dgpt_session_free(s);
+        st
+    }
+}
+
+#[test]
+fn a_prompt_longer_than_the_context_is_a_prompt_error() {
+    // The fixture has 256 positions: BOS + 254 prompt tokens + 1 slot is the most that fits.
+    let model = load();
+    let p = small_params();
+    unsafe {
+        let mut s = null_mut();
+        assert_eq!(dgpt_session_new(model, &mut s), DGPT_OK);
+        let mut r = null_mut();
+        // " hello" is one token: 300 of them cannot fit whatever the canvas.
+        let long = cstr(&" hello".repeat(300));
+        assert_eq!(dgpt_generate(s, long.as_ptr(), &p, &mut r), DGPT_ERR_PROMPT);
+        assert!(last_error().contains("300 tokens"), "{}", last_error());
+        assert!(r.is_null());
+        dgpt_session_free(s);
+    }
+    assert_eq!(generate_ids(model, &[11; 255], &p), DGPT_ERR_PROMPT);
+    assert!(last_error().contains("at most 254"), "{}", last_error());
+    // Too long *and* holding a bad id: still the prompt's fault.
+    let mut ids = vec![11u32; 300];
+    ids[0] = 60_000;
+    assert_eq!(generate_ids(model, &ids, &p), DGPT_ERR_PROMPT);
+    // A prompt that fits with a canvas that does not is the canvas parameter's fault.
+    assert_eq!(generate_ids(model, &[11; 250], &p), DGPT_ERR_INVALID_ARG);
+    assert!(last_error().contains("canvas 16"), "{}", last_error());
+    let mut fits = small_params();
+    fits.canvas_len = 1;
+    fits.steps = 1;
+    assert_eq!(
+        generate_ids(model, &[11; 254], &fits),
+        DGPT_OK,
+        "{}",
+        last_error()
+    );
+    unsafe { dgpt_model_free(model) };
+}
+
+#[test]
+fn a_huge_prompt_is_refused_before_it_is_tokenised() {
+    let model = load();
+    unsafe {
+        let mut s = null_mut();
+        assert_eq!(dgpt_session_new(model, &mut s), DGPT_OK);
+        let mut r = null_mut();
+        let huge = cstr(&"word ".repeat(2 << 20)); // 10 MiB
+        let st = dgpt_generate(s, huge.as_ptr(), null(), &mut r);
+        assert_eq!(st, DGPT_ERR_PROMPT);
+        // This message comes only from the byte-length check that runs before tokenising.
+        assert!(last_error().contains("not tokenised"), "{}", last_error());
+        assert!(last_error().contains("10485760 bytes"), "{}", last_error());
+        dgpt_session_free(s);
+        dgpt_model_free(model);
+    }
+}
+
+#[test]
+fn oracle_length_must_leave_room_for_the_end() {
+    let model = load();
+    let oracle = |len: u32| {
+        let mut p = small_params();
+        p.predictor = DGPT_PREDICTOR_ORACLE;
+        p.oracle_len = len;
+        p
+    };
+    for bad in [0, 16, 17, 1000] {
+        assert_eq!(
+            generate_ids(model, &[15496], &oracle(bad)),
+            DGPT_ERR_INVALID_ARG,
+            "oracle_len {bad}"
+        );
+        let e = last_error();
+        assert!(
+            e.contains("oracle_len must be between 1 and canvas_len - 1 = 15"),
+            "{e}"
+        );
+        assert!(e.contains(&format!("got {bad}")), "{e}");
+    }
+    // In range: the prediction is the oracle's length.
+    unsafe {
+        let mut s = null_mut();
+        assert_eq!(dgpt_session_new(model, &mut s), DGPT_OK);
+        let mut r = null_mut();
+        let ids = [15496u32];
+        let p = oracle(5);
+        assert_eq!(
+            dgpt_generate_tokens(s, ids.as_ptr(), 1, &p, &mut r),
+            DGPT_OK
+        );
+        let mut st = dgpt_stats::default();
+        dgpt_result_stats(r, &mut st);
+        assert_eq!(st.predicted_len, 5);
+        dgpt_result_free(r);
+        dgpt_session_free(s);
+        // Fixed-length decoding ignores the oracle, so its default 0 is fine there.
+        let mut p = oracle(0);
+        p.length_mode = DGPT_LENGTH_FIXED;
+        assert_eq!(generate_ids(model, &ids, &p), DGPT_OK, "{}", last_error());
+        dgpt_model_free(model);
+    }
+}
+
+/// Holds the first call's step callback until the main thread has made its own call.
+struct Gate {
+    entered: std::sync::Barrier,
+    release: std::sync::Barrier,
+    first: std::sync::atomic::AtomicBool,
+}
+
+unsafe extern "C" fn block_first_step(
+    _s: u32,
+    _t: u32,
+    _c: *const u32,
+    _l: usize,
+    ud: *mut c_void,
+) -> bool {
+    let gate = &*(ud as *const Gate);
+    if gate.first.swap(false, std::sync::atomic::Ordering::SeqCst) {
+        gate.entered.wait();
+        gate.release.wait();
+    }
+    true
+}
+
+#[test]
+fn one_session_used_from_two_threads_at_once_is_busy() {
+    let model = Handle(load());
+    let mut s = null_mut();
+    assert_eq!(unsafe { dgpt_session_new(model.0, &mut s) }, DGPT_OK);
+    let session = Handle(s as *mut dgpt_model); // a Send wrapper for the raw pointer
+    let gate = Gate {
+        entered: std::sync::Barrier::new(2),
+        release: std::sync::Barrier::new(2),
+        first: std::sync::atomic::AtomicBool::new(true),
+    };
+    let ids = [15496u32, 995];
+    std::thread::scope(|sc| {
+        let (session, gate) = (&session, &gate);
+        let first = sc.spawn(move || unsafe {
+            let mut p = small_params();
+            p.step_callback = Some(block_first_step);
+            p.step_user_data = gate as *const Gate as *mut c_void;
+            let mut r = null_mut();
+            let st = dgpt_generate_tokens(session.0 as _, ids.as_ptr(), 2, &p, &mut r);
+            dgpt_result_free(r);
+            st
+        });
+        gate.entered.wait();
+        // The first call is inside its step callback: the session is in use.
+        unsafe {
+            let mut r = null_mut();
+            let p = small_params();
+            let st = dgpt_generate_tokens(session.0 as _, ids.as_ptr(), 2, &p, &mut r);
+            assert_eq!(st, DGPT_ERR_BUSY);
+            assert!(r.is_null());
+            assert!(last_error().contains("in use"), "{}", last_error());
+            let text = cstr("Hello");
+            assert_eq!(
+                dgpt_generate(session.0 as _, text.as_ptr(), &p, &mut r),
+                DGPT_ERR_BUSY
+            );
+            let st = CStr::from_ptr(dgpt_status_str(DGPT_ERR_BUSY as u32));
+            assert!(st.to_str().unwrap().contains("busy"));
+        }
+        gate.release.wait();
+        assert_eq!(first.join().unwrap(), DGPT_OK);
+    });
+    // Released after the call: the session works again (also after an error).
+    let p = small_params();
+    unsafe {
+        let mut r = null_mut();
+        let bad = [60_000u32];
+        assert_eq!(
+            dgpt_generate_tokens(session.0 as _, bad.as_ptr(), 1, &p, &mut r),
+            DGPT_ERR_PROMPT
+        );
+        assert_eq!(
+            dgpt_generate_tokens(session.0 as _, ids.as_ptr(), 2, &p, &mut r),
+            DGPT_OK
+        );
+        dgpt_result_free(r);
+        dgpt_session_free(session.0 as _);
+        dgpt_model_free(model.0);
+    }
+}
+
+#[test]
+fn nul_bytes_are_kept_and_counted_by_detokenize_and_results() {
+    let model = load();
+    unsafe {
+        // GPT-2's byte-level id 188 is the byte 0x00.
+        let ids = [15496u32, 188, 995];
+        let mut buf = vec![1 as c_char; 16];
+        let n = dgpt_detokenize(model, ids.as_ptr(), 3, buf.as_mut_ptr(), 16);
+        assert_eq!(n, 12);
+        let bytes: Vec<u8> = buf[..13].iter().map(|&b| b as u8).collect();
+        assert_eq!(bytes, b"Hello\0 world\0");
+        // A result's text is the detokenised answer, byte for byte, with its length.
+        let mut s = null_mut();
+        assert_eq!(dgpt_session_new(model, &mut s), DGPT_OK);
+        let mut r = null_mut();
+        let p = small_params();
+        assert_eq!(
+            dgpt_generate_tokens(s, ids.as_ptr(), 3, &p, &mut r),
+            DGPT_OK
+        );
+        let mut n_tok = 0usize;
+        let toks = dgpt_result_tokens(r, &mut n_tok);
+        let len = dgpt_result_text_len(r);
+        let mut want = vec![0 as c_char; len + 1];
+        let got = dgpt_detokenize(model, toks, n_tok, want.as_mut_ptr(), want.len() as i32);
+        assert_eq!(got as usize, len);
+        let text = std::slice::from_raw_parts(dgpt_result_text(r) as *const u8, len + 1);
+        let want: Vec<u8> = want.iter().map(|&b| b as u8).collect();
+        assert_eq!(text, &want[..]);
+        dgpt_result_free(r);
+        dgpt_session_free(s);
+        dgpt_model_free(model);
+    }
 }

@@ -2,8 +2,9 @@
 //! hand. Each test starts from a valid tiny checkpoint and changes exactly one thing, then checks the
 //! specific `Error` variant (and the tensor name or a key phrase), never just `is_err`.
 
+use std::alloc::{GlobalAlloc, Layout as AllocLayout, System};
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use candle_core::Device;
 use diffugpt::config::{HfConfig, ModelConfig, SpecialIdOverrides, SpecialIds};
@@ -13,6 +14,45 @@ use diffugpt::{Error, Gpt2, Layout, LoadOptions, Model};
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
+
+/// Counts the bytes each thread allocates, so "fails fast" is a bound on work (allocations), not
+/// on time: a loader that built millions of expected names or sized a huge buffer before
+/// refusing would allocate gigabytes.
+struct CountingAlloc;
+
+thread_local! {
+    static ALLOCATED: Cell<u64> = const { Cell::new(0) };
+}
+
+// SAFETY: forwards to the system allocator; the counter is a const-initialised thread-local
+// (no allocation, `try_with` tolerates thread teardown).
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: AllocLayout) -> *mut u8 {
+        let _ = ALLOCATED.try_with(|c| c.set(c.get() + layout.size() as u64));
+        System.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: AllocLayout) {
+        System.dealloc(ptr, layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: AllocLayout, new_size: usize) -> *mut u8 {
+        let _ = ALLOCATED.try_with(|c| c.set(c.get() + new_size as u64));
+        System.realloc(ptr, layout, new_size)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAlloc = CountingAlloc;
+
+/// The most a refused config may make the loading thread allocate (the tiny checkpoint itself
+/// takes a few KB; the failures this guards against took gigabytes).
+const REFUSAL_BYTES: u64 = 16 << 20;
+
+/// Runs `f` and returns its result with the bytes this thread allocated meanwhile.
+fn allocated_by<T>(f: impl FnOnce() -> T) -> (T, u64) {
+    let before = ALLOCATED.with(|c| c.get());
+    let out = f();
+    (out, ALLOCATED.with(|c| c.get()) - before)
+}
 
 /// One tensor of a hand-built safetensors file.
 #[derive(Clone, Debug)]
@@ -649,14 +689,12 @@ fn config_declares_huge_layer_count_fails_fast() {
         &tiny_entries(),
         Some(&config_with("n_layer", "1048576")),
     );
-    let t = Instant::now();
-    let err = load_err(dir.path(), LoadOptions::default());
-    let took = t.elapsed();
+    let (err, bytes) = allocated_by(|| load_err(dir.path(), LoadOptions::default()));
     assert!(
         matches!(&err, Error::MissingTensor(n) if n == "denoise_model.h.1.ln_1.weight"),
         "{err:?}"
     );
-    assert!(took < Duration::from_secs(1), "took {took:?}");
+    assert!(bytes < REFUSAL_BYTES, "allocated {bytes} bytes");
 }
 
 #[test]
@@ -899,14 +937,12 @@ fn config_absurd_sizes_refused_before_allocating() {
         },
     ];
     for c in &cases {
-        let t = Instant::now();
-        let m = config_err(c);
-        let took = t.elapsed();
+        let (m, bytes) = allocated_by(|| config_err(c));
         assert!(
             m.contains("refusing to allocate") || m.contains("absurd"),
             "{c}: {m}"
         );
-        assert!(took < Duration::from_secs(1), "{c}: took {took:?}");
+        assert!(bytes < REFUSAL_BYTES, "{c}: allocated {bytes} bytes");
     }
 }
 
@@ -936,11 +972,10 @@ fn config_sizes_that_overflow_the_parameter_count() {
         }
         v["n_head"] = 1.into();
         let c = v.to_string();
-        let t = Instant::now();
-        let r = std::panic::catch_unwind(|| config_err(&c));
+        let (r, bytes) = allocated_by(|| std::panic::catch_unwind(|| config_err(&c)));
         let m = r.unwrap_or_else(|_| panic!("loading {c} panicked instead of returning Config"));
         assert!(m.contains("refusing to allocate"), "{c}: {m}");
-        assert!(t.elapsed() < Duration::from_secs(1));
+        assert!(bytes < REFUSAL_BYTES, "{c}: allocated {bytes} bytes");
 
         // The same through ModelConfig::validate directly.
         let cfg = ModelConfig {

@@ -95,6 +95,7 @@ const (
 	StatusPanic      Status = C.DGPT_ERR_PANIC       // a bug: the library panicked
 	StatusABI        Status = C.DGPT_ERR_ABI         // params struct size mismatch
 	StatusAborted    Status = C.DGPT_ERR_ABORTED     // ShouldAbort stopped the call before any step
+	StatusBusy       Status = C.DGPT_ERR_BUSY        // the session is running a call on another goroutine
 )
 
 // String returns the library's short description of the status.
@@ -468,6 +469,7 @@ type GenerateParams struct {
 	Grow              bool    // grow the canvas back when the answer is longer than predicted
 	BanMask           bool    // never produce the mask id
 	MemoryLimitBytes  uint64  // refuse requests needing more working memory (0 = library default)
+	EndFloor          float32 // EoS-first: no end before this quantile of the step-1 length (0 = off)
 	Arm               bool    // causal (ARM) generation with a KV cache instead of diffusion
 
 	// OnStep is called after each step with a copy of the canvas (answer slots; masked slots
@@ -501,6 +503,7 @@ func DefaultGenerateParams() GenerateParams {
 		Grow:              bool(c.grow),
 		BanMask:           bool(c.ban_mask),
 		MemoryLimitBytes:  uint64(c.memory_limit_bytes),
+		EndFloor:          float32(c.end_floor),
 		Arm:               bool(c.arm),
 	}
 }
@@ -527,6 +530,7 @@ func (p *GenerateParams) toC() C.dgpt_generate_params {
 	c.grow = C.bool(p.Grow)
 	c.ban_mask = C.bool(p.BanMask)
 	c.memory_limit_bytes = C.uint64_t(p.MemoryLimitBytes)
+	c.end_floor = C.float(p.EndFloor)
 	c.arm = C.bool(p.Arm)
 	return c
 }
@@ -621,7 +625,7 @@ func copyResult(res *C.dgpt_result) (*Result, error) {
 		copy(toks, unsafe.Slice((*uint32)(unsafe.Pointer(tp)), int(n)))
 	}
 	return &Result{
-		Text:   C.GoString(C.dgpt_result_text(res)),
+		Text:   C.GoStringN(C.dgpt_result_text(res), C.int(C.dgpt_result_text_len(res))),
 		Tokens: toks,
 		Stats: Stats{
 			PredictedLen:       int64(cs.predicted_len),

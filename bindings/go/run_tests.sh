@@ -1,30 +1,26 @@
 #!/usr/bin/env bash
 # Runs `go vet` and `go test` for the Go binding against target/release/libdiffugpt.so.
-# Assumes `cargo build --release` was run at the repository root. Works from any directory.
+# Needs go and pkg-config (it says so and stops when one is missing; it installs nothing) and
+# `cargo build --release` run at the repository root. Works from any directory.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
-lib="$repo/target/release"
+lib="${CARGO_TARGET_DIR:-$repo/target}/release"
+
+# Never installs anything: a missing tool is reported with what to install (.ci/run installs
+# golang-go and pkg-config explicitly).
+missing=()
+command -v go >/dev/null 2>&1 || missing+=("go (Debian/Ubuntu: apt-get install golang-go; or https://go.dev/dl)")
+command -v pkg-config >/dev/null 2>&1 || missing+=("pkg-config (Debian/Ubuntu: apt-get install pkg-config)")
+if [[ ${#missing[@]} -gt 0 ]]; then
+    printf 'error: the Go binding tests need: %s\n' "${missing[@]}" >&2
+    exit 1
+fi
 
 if [[ ! -f "$lib/libdiffugpt.so" || ! -f "$lib/diffugpt.pc" ]]; then
     echo "error: $lib/libdiffugpt.so or diffugpt.pc is missing; run 'cargo build --release' in $repo first" >&2
     exit 1
-fi
-
-apt_install() {
-    local sudo=""
-    if [[ $(id -u) -ne 0 ]]; then sudo="sudo"; fi
-    $sudo apt-get update
-    $sudo apt-get install -y "$@"
-}
-if ! command -v go >/dev/null 2>&1; then
-    echo "== go not found: installing golang-go with apt-get"
-    apt_install golang-go
-fi
-if ! command -v pkg-config >/dev/null 2>&1; then
-    echo "== pkg-config not found: installing it with apt-get"
-    apt_install pkg-config
 fi
 
 tmp="$(mktemp -d)"
@@ -52,3 +48,7 @@ if [[ "${DIFFUGPT_GO_RACE:-0}" == "1" ]]; then
     echo "== go test -race ./..."
     go test -count=1 -race ./...
 fi
+# The example, on the built-in default model (a module of its own that uses this one).
+echo "== examples/go: go run ."
+(cd "$repo/examples/go" && go vet . && go run . | tee "$tmp/example.txt")
+grep -q -- "--- eos-first" "$tmp/example.txt"

@@ -1,29 +1,24 @@
 #!/usr/bin/env bash
-# Installs the Python bindings into a throw-away venv and runs their tests.
-# Assumes `cargo build --release` was run at the repository root. Works from any cwd.
-# Env: PYTHON (default python3), DIFFUGPT_LIB (default <repo>/target/release/libdiffugpt.so).
+# Installs the Python package exactly as a user would (`pip install ./bindings/python`: setup.py
+# builds libdiffugpt with cargo and bundles it) into a throw-away venv, then runs the tests with
+# no DIFFUGPT_LIB set, so they use the bundled library. Works from any cwd.
+# Env: PYTHON (default python3); CARGO_TARGET_DIR is honoured (an earlier build is reused).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-repo="$(cd "$here/../.." && pwd)"
 python="${PYTHON:-python3}"
-lib="${DIFFUGPT_LIB:-$repo/target/release/libdiffugpt.so}"
-
-if [[ ! -f "$lib" ]]; then
-    echo "run_tests.sh: $lib not found; run \`cargo build --release\` in $repo first" >&2
-    exit 1
-fi
+unset DIFFUGPT_LIB
 
 tmp="$(mktemp -d "${TMPDIR:-/tmp}/diffugpt-py.XXXXXX")"
 trap 'rm -rf "$tmp"' EXIT
 
 "$python" -m venv "$tmp/venv"
 venv_py="$tmp/venv/bin/python"
-# Build from a clean copy so no build/ or *.egg-info is left in (or reused from) the checkout.
-mkdir -p "$tmp/src"
-cp -R "$here/pyproject.toml" "$here/README.md" "$here/diffugpt" "$tmp/src/"
-rm -rf "$tmp/src/diffugpt/__pycache__"
-"$venv_py" -m pip install --quiet --disable-pip-version-check "$tmp/src" pytest
+"$venv_py" -m pip install --quiet --disable-pip-version-check "$here" pytest
 
 cd "$tmp"  # so that `import diffugpt` can only find the installed package
-DIFFUGPT_LIB="$lib" "$venv_py" -m pytest "$here/tests" -q -p no:cacheprovider
+DIFFUGPT_EXPECT_BUNDLED=1 "$venv_py" -m pytest "$here/tests" -q -p no:cacheprovider
+# The example, on the built-in default model, with the installed package.
+echo "== examples/python/generate.py"
+"$venv_py" "$here/../../examples/python/generate.py" | tee "$tmp/example.txt"
+grep -q -- "--- eos-first" "$tmp/example.txt"

@@ -14,8 +14,8 @@ static bool on_step(uint32_t step, uint32_t total, const uint32_t *canvas, size_
 }
 
 int main(int argc, char **argv) {
-    const char *path = argc > 1 ? argv[1] : "tests/fixtures/tiny-diffugpt";
-    const char *prompt = argc > 2 ? argv[2] : "The meaning of life is";
+    const char *path = argc > 1 ? argv[1] : "models/default";
+    const char *prompt = argc > 2 ? argv[2] : "Lantern \\Lan\"tern\\, n.";
     const long canvas = argc > 3 ? strtol(argv[3], NULL, 10) : 32;
     if (canvas <= 0 || canvas > 100000) {
         fprintf(stderr, "bad canvas length\n");

@@ -5,8 +5,8 @@
 #include "diffugpt.hpp"
 
 int main(int argc, char **argv) {
-    const std::string path = argc > 1 ? argv[1] : "tests/fixtures/tiny-diffugpt";
-    const std::string prompt = argc > 2 ? argv[2] : "The meaning of life is";
+    const std::string path = argc > 1 ? argv[1] : "models/default";
+    const std::string prompt = argc > 2 ? argv[2] : "Lantern \\Lan\"tern\\, n.";
     try {
         auto model = diffugpt::Model::load(path);
         auto info = model.info();

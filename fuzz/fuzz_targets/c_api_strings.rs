@@ -255,6 +255,7 @@ fn gen_params(u: &mut Unstructured, m: &Loaded, cb: &mut Cb) -> Result<dgpt_gene
     p.oracle_len = small_u32(u, 48)?;
     p.margin = small_u32(u, 48)?;
     p.margin_ratio = float(u, 0.25)?;
+    p.end_floor = float(u, 0.5)?;
     p.grow = u.arbitrary()?;
     p.ban_mask = u.arbitrary()?;
     p.arm = u.ratio(1, 4)?;
@@ -544,7 +545,11 @@ unsafe fn op_generate(u: &mut Unstructured, m: &Loaded, from_text: bool) -> Resu
         };
         dgpt_generate_tokens(m.session, tp, ids.len(), pp, &mut out)
     };
-    let size_ok = null_params || p.size == std::mem::size_of::<dgpt_generate_params>();
+    // The full struct, or the one from before `end_floor` was appended (still accepted).
+    let before_floor = std::mem::offset_of!(dgpt_generate_params, end_floor);
+    let size_ok = null_params
+        || p.size == std::mem::size_of::<dgpt_generate_params>()
+        || p.size == before_floor;
     if !size_ok && st != DGPT_ERR_UTF8 && st != DGPT_ERR_NULL_ARG {
         assert_eq!(
             st,
@@ -556,6 +561,11 @@ unsafe fn op_generate(u: &mut Unstructured, m: &Loaded, from_text: bool) -> Resu
     }
     let eff = if null_params {
         dgpt_generate_default_params()
+    } else if p.size == before_floor {
+        dgpt_generate_params {
+            end_floor: dgpt_generate_default_params().end_floor,
+            ..p
+        }
     } else {
         p
     };

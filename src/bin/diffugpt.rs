@@ -13,8 +13,56 @@ use diffugpt::{
     SamplingParams, StepInfo, Steps, Strategy,
 };
 
-/// The built-in default: a committed tiny fixture model with random weights.
-const DEFAULT_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny-diffugpt");
+/// The built-in default model: the one place that says which it is. `source_dir` is its
+/// directory in the source tree (relative to the repository root); `note` is printed on stderr
+/// when it is used (None: nothing to warn about).
+const DEFAULT_MODEL: DefaultModel = DefaultModel {
+    source_dir: "models/default",
+    note: None,
+};
+
+struct DefaultModel {
+    source_dir: &'static str,
+    note: Option<&'static str>,
+}
+
+/// Environment variable naming the model to use when `--model` is not given.
+const MODEL_ENV: &str = "DIFFUGPT_MODEL";
+
+/// Where the model comes from when `--model` is not given, in this order:
+/// 1. `$DIFFUGPT_MODEL` (when set, it is used as is: a bad path is an error, not skipped);
+/// 2. an installed copy next to the executable: `<exe dir>/../share/diffugpt/models/default`
+///    (a `bin/` + `share/` prefix layout), then `<exe dir>/models/default`;
+/// 3. the built-in default in the source tree the binary was built from.
+///
+/// The first directory holding `model.safetensors` wins; when there is none the error lists
+/// every place looked at.
+fn find_default_model(
+    env: Option<std::ffi::OsString>,
+    exe: Option<&Path>,
+    source_root: &Path,
+) -> Result<PathBuf> {
+    if let Some(p) = env {
+        return Ok(PathBuf::from(p));
+    }
+    let mut candidates = Vec::new();
+    if let Some(dir) = exe.and_then(Path::parent) {
+        candidates.push(dir.join("../share/diffugpt/models/default"));
+        candidates.push(dir.join("models/default"));
+    }
+    candidates.push(source_root.join(DEFAULT_MODEL.source_dir));
+    if let Some(found) = candidates
+        .iter()
+        .find(|d| d.join("model.safetensors").is_file())
+    {
+        return Ok(found.clone());
+    }
+    let looked: Vec<String> = candidates.iter().map(|c| c.display().to_string()).collect();
+    bail!(
+        "no model given and no default model found; looked in: ${MODEL_ENV} (unset), {}. Pass --model DIR or set {MODEL_ENV}=DIR",
+        looked.join(", ")
+    )
+}
 
 #[derive(Parser)]
 #[command(
@@ -33,6 +81,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Generate text (diffusion, or causal with --arm).
+    // Negative numbers are values (`--temperature -1` gets the range error), not unknown flags.
+    #[command(allow_negative_numbers = true)]
     Generate(GenerateArgs),
     /// One forward pass; writes the raw logits [T, vocab] (row i from hidden state i) as .npy.
     Logits(LogitsArgs),
@@ -48,7 +98,8 @@ enum Cmd {
 #[derive(Args)]
 struct ModelArgs {
     /// model.safetensors or a directory with it (+ config.json, tokenizer.json).
-    /// Default: the built-in tiny fixture model (random weights; its text is not meaningful).
+    /// Default: $DIFFUGPT_MODEL, else the built-in default model (installed next to the
+    /// executable, else in the source tree; see README)
     #[arg(long, short)]
     model: Option<PathBuf>,
     /// tokenizer.json (default: next to the weights)
@@ -89,10 +140,22 @@ impl ModelArgs {
         let path = match &self.model {
             Some(p) => p.clone(),
             None => {
-                eprintln!(
-                    "note: using the built-in tiny fixture model ({DEFAULT_MODEL}); it has random weights, so its text is not meaningful. Pass --model DIR for a real checkpoint."
-                );
-                PathBuf::from(DEFAULT_MODEL)
+                let exe = std::env::current_exe().ok();
+                let p = find_default_model(
+                    std::env::var_os(MODEL_ENV),
+                    exe.as_deref(),
+                    Path::new(env!("CARGO_MANIFEST_DIR")),
+                )?;
+                // A model named by the environment is the user's choice, not the built-in one.
+                if std::env::var_os(MODEL_ENV).is_none() {
+                    let note = DEFAULT_MODEL.note.map(|n| format!("; {n}"));
+                    eprintln!(
+                        "note: using the built-in default model ({}){}",
+                        p.display(),
+                        note.unwrap_or_default()
+                    );
+                }
+                p
             }
         };
         let opts = LoadOptions {
@@ -162,6 +225,10 @@ struct GenerateArgs {
     /// Do not grow the canvas back when the answer is longer than predicted
     #[arg(long)]
     no_grow: bool,
+    /// No end before this quantile of the length predicted at step 1, in both length modes (0 =
+    /// off, DiffuGPT's plain decoding; keeps a pad-trained model from ending after a few tokens)
+    #[arg(long, default_value_t = diffugpt::decode::DEFAULT_END_FLOOR)]
+    end_floor: f32,
     /// Allow the mask id to be generated (DiffuGPT-S's mask is a real token)
     #[arg(long)]
     allow_mask: bool,
@@ -177,6 +244,10 @@ struct GenerateArgs {
     /// Print the text and the statistics as JSON on stdout
     #[arg(long)]
     json: bool,
+    /// Decode the prompt twice, fixed-length and EoS-first (same seed and steps), and show
+    /// both side by side: text, predicted and final length, forward passes, positions, time
+    #[arg(long, conflicts_with_all = ["arm", "length"])]
+    compare: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -261,9 +332,26 @@ struct InitArgs {
 
 fn main() {
     if let Err(e) = run(Cli::parse()) {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", error_chain(&e));
         std::process::exit(1);
     }
+}
+
+/// The error and its causes joined by ": ", leaving out a cause whose text an outer message
+/// already quotes (the library's messages include their source: "cannot read X: <io error>").
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let c = cause.to_string();
+        if out.contains(&c) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&c);
+    }
+    out
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -284,26 +372,38 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn generate(a: GenerateArgs) -> Result<()> {
+    // Checked here so that the messages name the flags, not the library's fields.
+    if a.canvas == 0 {
+        bail!("--canvas must be at least 1");
+    }
+    if a.max_new_tokens == Some(0) {
+        bail!("--max-new-tokens must be at least 1");
+    }
     let model = a.model.load()?;
     let tok = model.tokenizer()?;
-    let prompt = tok.encode(&a.prompt)?;
+    let prompt = model.encode_prompt(&a.prompt)?;
     let sampling = SamplingParams {
         temperature: a.temperature,
         top_k: a.top_k,
         top_p: a.top_p,
         repetition_penalty: a.repetition_penalty,
     };
+    // Masks show as "_" where the vocabulary has that token (GPT-2's, the default model's); a
+    // vocabulary without it shows only the revealed tokens.
+    let underscore = match tok.encode("_").ok().as_deref() {
+        Some(&[id]) if tok.decode(&[id], false).ok().as_deref() == Some("_") => Some(id),
+        _ => None,
+    };
     let mut stream = |info: &StepInfo| {
-        let text = tok
-            .decode(
-                &info
-                    .canvas
-                    .iter()
-                    .map(|&t| if t == model.gpt.ids.mask { 1427 } else { t }) // "_" for masks
-                    .collect::<Vec<_>>(),
-                false,
-            )
-            .unwrap_or_default();
+        let shown: Vec<u32> = info
+            .canvas
+            .iter()
+            .filter_map(|&t| match (t == model.gpt.ids.mask, underscore) {
+                (false, _) => Some(t),
+                (true, u) => u,
+            })
+            .collect();
+        let text = tok.decode(&shown, false).unwrap_or_default();
         eprintln!(
             "[step {}/{}] {}",
             info.step,
@@ -315,6 +415,15 @@ fn generate(a: GenerateArgs) -> Result<()> {
     let cb: Option<&mut dyn FnMut(&StepInfo) -> bool> =
         if a.stream { Some(&mut stream) } else { None };
     let mut session = model.session();
+    if a.compare {
+        let mut runs = Vec::new();
+        for length in [LengthArg::Fixed, LengthArg::EosFirst] {
+            let g = session.generate(&prompt, &diffusion_params(&a, sampling, length)?, None)?;
+            let text = tok.decode(&g.tokens, true)?;
+            runs.push((length, text, g));
+        }
+        return print_comparison(&a, &runs);
+    }
     let g = if a.arm {
         session.generate_causal(
             &prompt,
@@ -324,29 +433,7 @@ fn generate(a: GenerateArgs) -> Result<()> {
             cb,
         )?
     } else {
-        let params = GenerateParams {
-            canvas_len: a.canvas,
-            steps: match (a.steps, a.steps_per_token) {
-                (Some(n), _) => Steps::Fixed(n),
-                (None, Some(r)) => Steps::PerToken(r),
-                (None, None) => Steps::PerToken(1.0),
-            },
-            strategy: Strategy::parse(&a.strategy)?,
-            sampling,
-            length: match a.length {
-                LengthArg::Fixed => LengthMode::Fixed,
-                LengthArg::EosFirst => LengthMode::EosFirst {
-                    predictor: LengthPredictor::parse(&a.predictor)?,
-                    margin: a.margin,
-                    margin_ratio: a.margin_ratio,
-                    grow: !a.no_grow,
-                },
-            },
-            seed: a.seed,
-            ban_mask: !a.allow_mask,
-            memory_limit: diffugpt::decode::DEFAULT_MEMORY_LIMIT,
-        };
-        session.generate(&prompt, &params, cb)?
+        session.generate(&prompt, &diffusion_params(&a, sampling, a.length)?, cb)?
     };
     let text = tok.decode(&g.tokens, true)?;
     if a.json {
@@ -371,6 +458,81 @@ fn generate(a: GenerateArgs) -> Result<()> {
             s.positions_processed(),
             s.grow_events,
             s.elapsed_s
+        );
+    }
+    Ok(())
+}
+
+/// The diffusion decoding parameters of `generate` for one length mode.
+fn diffusion_params(
+    a: &GenerateArgs,
+    sampling: SamplingParams,
+    length: LengthArg,
+) -> Result<GenerateParams> {
+    Ok(GenerateParams {
+        canvas_len: a.canvas,
+        steps: match (a.steps, a.steps_per_token) {
+            (Some(n), _) => Steps::Fixed(n),
+            (None, Some(r)) => Steps::PerToken(r),
+            (None, None) => Steps::PerToken(1.0),
+        },
+        strategy: Strategy::parse(&a.strategy)?,
+        sampling,
+        length: match length {
+            LengthArg::Fixed => LengthMode::Fixed,
+            LengthArg::EosFirst => LengthMode::EosFirst {
+                predictor: LengthPredictor::parse(&a.predictor)?,
+                margin: a.margin,
+                margin_ratio: a.margin_ratio,
+                grow: !a.no_grow,
+            },
+        },
+        seed: a.seed,
+        ban_mask: !a.allow_mask,
+        memory_limit: diffugpt::decode::DEFAULT_MEMORY_LIMIT,
+        end_floor: a.end_floor,
+    })
+}
+
+/// `generate --compare`: both texts, then one table row per decoding mode.
+fn print_comparison(
+    a: &GenerateArgs,
+    runs: &[(LengthArg, String, diffugpt::Generation)],
+) -> Result<()> {
+    let name = |l: LengthArg| match l {
+        LengthArg::Fixed => "fixed",
+        LengthArg::EosFirst => "eos-first",
+    };
+    if a.json {
+        let mut out = serde_json::Map::new();
+        out.insert("prompt".into(), a.prompt.clone().into());
+        for (l, text, g) in runs {
+            out.insert(
+                name(*l).replace('-', "_"),
+                serde_json::json!({"text": text, "tokens": g.tokens, "stats": g.stats}),
+            );
+        }
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    for (l, text, _) in runs {
+        println!("--- {} ---\n{}{}\n", name(*l), a.prompt, text);
+    }
+    println!("| decoding | predicted len | final len | canvas | forward passes | positions | time (s) | tokens/s |");
+    println!("| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |");
+    for (l, _, g) in runs {
+        let s = &g.stats;
+        println!(
+            "| {} | {} | {} | {} -> {} | {} | {} | {:.3} | {:.1} |",
+            name(*l),
+            s.predicted_len.map_or("-".to_string(), |p| p.to_string()),
+            s.final_len,
+            s.canvas_len,
+            s.final_canvas_len,
+            s.forward_passes,
+            s.positions_processed(),
+            s.elapsed_s,
+            s.final_len as f64 / s.elapsed_s.max(1e-9)
         );
     }
     Ok(())
@@ -451,6 +613,12 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
     } else {
         None
     };
+    // Which CPU kernels ran (DIFFUGPT_CPU_KERNELS can force the portable ones).
+    let kernels = if diffugpt::cpu_gemm::available() {
+        "avx512"
+    } else {
+        "generic"
+    };
     match a.format {
         Format::Json => {
             let forward: serde_json::Map<String, serde_json::Value> = rows
@@ -474,6 +642,7 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
             let out = serde_json::json!({
                 "model": name, "params": model.param_count(), "backend": backend, "threads": threads,
                 "forward_ms": forward, "forward_gflops": gflops, "fma_peak_gflops": peak,
+                "cpu_kernels": kernels,
                 "rows": rows,
             });
             println!("{}", serde_json::to_string_pretty(&out)?);
@@ -509,7 +678,8 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
                     .collect();
                 writeln!(
                     o,
-                    "\nCPU f32 FMA peak, measured now (threads: {threads}): {p:.1} GFLOP/s ({})",
+                    "\nCPU f32 FMA peak, measured now (threads: {threads}): {p:.1} GFLOP/s ({}); \
+                     CPU kernels: {kernels}",
                     shares.join(", ")
                 )?;
             }
@@ -592,4 +762,61 @@ fn bench_gpu(
         );
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model_dir(root: &Path, rel: &str) -> PathBuf {
+        let d = root.join(rel);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("model.safetensors"), b"").unwrap();
+        d
+    }
+
+    #[test]
+    fn default_model_search_order() {
+        let t = tempfile::tempdir().unwrap();
+        let (prefix, src) = (t.path().join("prefix"), t.path().join("src"));
+        let exe = prefix.join("bin/diffugpt");
+        let found = |env: Option<&str>| {
+            find_default_model(env.map(Into::into), Some(&exe), &src).map_err(|e| e.to_string())
+        };
+        // Nothing anywhere: one error listing every place, in order.
+        let e = found(None).unwrap_err();
+        let share = prefix.join("bin/../share/diffugpt/models/default");
+        let beside = prefix.join("bin/models/default");
+        let in_src = src.join(DEFAULT_MODEL.source_dir);
+        let listed = format!(
+            "$DIFFUGPT_MODEL (unset), {}, {}, {}",
+            share.display(),
+            beside.display(),
+            in_src.display()
+        );
+        assert!(e.contains(&listed), "{e}");
+        // Each place, from last to first, takes over once it exists.
+        model_dir(&src, DEFAULT_MODEL.source_dir);
+        assert_eq!(found(None).unwrap(), in_src);
+        model_dir(&prefix, "bin/models/default");
+        assert_eq!(found(None).unwrap(), beside);
+        model_dir(&prefix, "share/diffugpt/models/default");
+        assert_eq!(found(None).unwrap(), share);
+        // The environment variable wins, and is taken as given even when it does not exist.
+        assert_eq!(found(Some("/elsewhere")).unwrap(), Path::new("/elsewhere"));
+    }
+
+    #[test]
+    fn error_chain_drops_causes_already_quoted() {
+        let io = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let text = io.to_string();
+        let e = anyhow::Error::new(diffugpt::Error::Io {
+            path: "/m".into(),
+            source: io,
+        })
+        .context("loading /m");
+        let s = error_chain(&e);
+        assert_eq!(s, format!("loading /m: cannot read /m: {text}"));
+        assert_eq!(s.matches(&text).count(), 1, "{s}");
+    }
 }

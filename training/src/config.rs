@@ -21,6 +21,19 @@ pub enum Pipeline {
     MaskEos,
 }
 
+/// How a step is computed (see `backend`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendKind {
+    /// The CPU engine where it supports the model (tanh-GELU), else candle.
+    #[default]
+    Auto,
+    /// The hand-written CPU engine (an error for a model it does not support).
+    Engine,
+    /// candle's autograd over the core's forward (slower; the engine's reference).
+    Candle,
+}
+
 /// Where the initial weights come from.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", tag = "from")]
@@ -155,6 +168,9 @@ pub struct TrainConfig {
     pub keep_last: usize,
     pub seed: u64,
     pub out_dir: PathBuf,
+    /// How steps are computed (`auto`, `engine`, `candle`); the checkpoints are the same.
+    #[serde(default)]
+    pub backend: BackendKind,
 }
 
 fn seq_len() -> usize {

@@ -57,11 +57,14 @@
 //! `n <= block_len - 2`. The *end position* `e = n + 1` is the first `eos_id` after position 0
 //! ([`end_position`]); every position after it holds `pad_id`. For prompt/answer pairs the
 //! content is `prompt ++ answer` (tokenised separately, concatenated). A document longer than
-//! `block_len - 2` tokens is either skipped or cut into chunks of `block_len - 2` tokens, each
-//! an independent block with its own end token (counted in the header, never silently truncated).
+//! `block_len - 2` tokens is either skipped or cut into blocks (counted in the header, never
+//! silently truncated): **continuation blocks** `[eos] + doc[a..a + block_len - 1]` with no end
+//! token and no padding, then a last block that ends as above. Only a document's real end is
+//! marked: an end after every chunk would teach the model ends where the text goes on.
 //!
 //! The per-block meta value `m` (`<stem>.meta.bin`) is the number of leading block positions that
-//! are **never masked** (always visible to the model); `1 <= m <= e` always holds:
+//! are **never masked** (always visible to the model); `1 <= m <= e` always holds
+//! (`1 <= m <= block_len` for a continuation block, which has no `e`):
 //!
 //! * plain `padded` document: `m = 1` (just the BOS);
 //! * `padded` prompt/answer pair: `m = 1 + prompt_len`, so the prompt is never masked (for a
@@ -562,9 +565,10 @@ impl TokenFile {
         (0..self.n_blocks()).map(move |i| (self.block(i), self.meta[i]))
     }
 
-    /// End position of block `i` (see [`end_position`]); always present in a validated file.
-    pub fn end_position(&self, i: usize) -> usize {
-        end_position(self.block(i), self.header.eos_id).expect("validated block has an end")
+    /// End position of block `i` (see [`end_position`]); `None` for a continuation block (the
+    /// non-final chunks of a document split under `long_docs = split`).
+    pub fn end_position(&self, i: usize) -> Option<usize> {
+        end_position(self.block(i), self.header.eos_id)
     }
 
     /// The stream's documents (the ids between end tokens). Empty for blocked kinds.
@@ -630,7 +634,18 @@ fn validate(header: &Header, tokens: &[u32], meta: Option<&[u32]>) -> Result<()>
             block[0]
         );
         let Some(e) = end_position(block, eos) else {
-            bail!("block {b} has no end token (eos_id {eos})");
+            // A continuation block: all content (no end, so no padding either).
+            if let Some(p) = block[1..].iter().position(|&t| t == pad) {
+                bail!(
+                    "block {b} has no end token (eos_id {eos}) but holds pad_id {pad} at position {}",
+                    p + 1
+                );
+            }
+            ensure!(
+                (1..=l).contains(&(m as usize)),
+                "block {b}: meta {m} outside [1, block_len {l}]"
+            );
+            continue;
         };
         if let Some(p) = block[1..e].iter().position(|&t| t == pad) {
             bail!(

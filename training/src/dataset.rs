@@ -47,6 +47,11 @@ impl Dataset {
         self.blocked
     }
 
+    /// The data file's header (special ids, vocabulary, layout).
+    pub fn header(&self) -> &crate::data::Header {
+        self.file.header()
+    }
+
     pub fn pad_id(&self) -> Option<u32> {
         self.file.header().pad_id
     }

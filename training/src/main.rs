@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use diffugpt_training::config::TrainConfig;
 use diffugpt_training::prepare::{prepare, PrepareArgs};
-use diffugpt_training::train::train;
+use diffugpt_training::train::{train_observed, StopAt};
 
 #[derive(Parser)]
 #[command(
@@ -23,6 +23,8 @@ struct Cli {
 enum Cmd {
     /// Tokenise a corpus into train/val/test token files (see `data` for the format).
     Prepare(PrepareArgs),
+    /// Train a byte-level BPE vocabulary on corpus files (a smaller head for scratch models).
+    Vocab(diffugpt_training::vocab::VocabArgs),
     /// Train from a JSON config (copied into the run directory).
     Train {
         config: PathBuf,
@@ -32,10 +34,20 @@ enum Cmd {
         /// Stop (with a checkpoint) after this many optimizer steps in total.
         #[arg(long)]
         stop_after: Option<usize>,
+        /// Stop (with a checkpoint) after the first step that ends past this many minutes of
+        /// wall time: a budget that fits a session; continue with --resume.
+        #[arg(long, value_parser = parse_minutes)]
+        max_minutes: Option<f64>,
     },
     /// Evaluate a model (reports as JSON + Markdown + PNG in --out).
     #[command(subcommand)]
     Eval(EvalCmd),
+    /// Write a trained model as the library ships it: 16-bit weights, config.json with its ids,
+    /// its tokenizer.json; checked (tokenizer fits, 16-bit logits match f32) before it replaces --out.
+    Export(diffugpt_training::export::ExportArgs),
+    /// A padded or mask-eos split back to text: prompts.txt (one per line) and docs.txt (for
+    /// `eval compare --prompts` and `eval lambada --from-text`).
+    Text(diffugpt_training::text::TextArgs),
     /// Plot a run's metrics.jsonl to PNG (loss.png, lr.png, eos.png).
     Plot {
         run_dir: PathBuf,
@@ -56,6 +68,9 @@ enum EvalCmd {
     Lambada(diffugpt_training::eval::lambada::LambadaArgs),
     /// Diffusion ELBO (perplexity bound) or ARM perplexity on held-out text.
     Ppl(diffugpt_training::eval::quality::PplArgs),
+    /// A learned end-position probe on the frozen first-step hidden states vs the zero-shot
+    /// predictors.
+    Probe(diffugpt_training::eval::probe::ProbeArgs),
     /// Quality of EoS-first vs fixed-length outputs on the same prompts.
     Compare(diffugpt_training::eval::quality::CompareArgs),
 }
@@ -73,6 +88,20 @@ fn keep_freed_memory() {
     }
 }
 
+/// A wall-clock budget in minutes: finite, positive, at most a year.
+fn parse_minutes(s: &str) -> std::result::Result<f64, String> {
+    let m: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of minutes"))?;
+    if m.is_finite() && m > 0.0 && m <= 525_600.0 {
+        Ok(m)
+    } else {
+        Err(format!(
+            "--max-minutes {s} must be positive and at most 525600 (a year)"
+        ))
+    }
+}
+
 fn main() {
     keep_freed_memory();
     if let Err(e) = run() {
@@ -83,7 +112,8 @@ fn main() {
 
 fn run() -> Result<()> {
     match Cli::parse().cmd {
-        Cmd::Prepare(a) => {
+        Cmd::Prepare(mut a) => {
+            a.resolve_special_ids()?;
             let summary = prepare(&a.into())?;
             println!("{}", serde_json::to_string_pretty(&summary)?);
         }
@@ -91,12 +121,23 @@ fn run() -> Result<()> {
             config,
             resume,
             stop_after,
+            max_minutes,
         } => {
             let cfg = TrainConfig::load(&config)?;
-            let losses = train(&cfg, Some(&config), resume, stop_after)?;
+            let stop = StopAt {
+                step: stop_after,
+                deadline: max_minutes.map(|m| {
+                    std::time::Instant::now() + std::time::Duration::from_secs_f64(m * 60.0)
+                }),
+            };
+            let losses = train_observed(&cfg, Some(&config), resume, stop, &mut |_| {})?;
             if let (Some(first), Some(last)) = (losses.first(), losses.last()) {
                 eprintln!("loss {first:.4} -> {last:.4} over {} steps", losses.len());
             }
+        }
+        Cmd::Vocab(a) => {
+            let summary = diffugpt_training::vocab::train_vocab(&a)?;
+            println!("{}", serde_json::to_string_pretty(&summary)?);
         }
         Cmd::Eval(EvalCmd::Throughput(a)) => {
             let r = diffugpt_training::eval::throughput::run(&a)?;
@@ -109,7 +150,24 @@ fn run() -> Result<()> {
         Cmd::Eval(EvalCmd::Eos(a)) => diffugpt_training::eval::eos::run(&a)?,
         Cmd::Eval(EvalCmd::Lambada(a)) => diffugpt_training::eval::lambada::run(&a)?,
         Cmd::Eval(EvalCmd::Ppl(a)) => diffugpt_training::eval::quality::run_ppl(&a)?,
+        Cmd::Eval(EvalCmd::Probe(a)) => {
+            let r = diffugpt_training::eval::probe::run(&a)?;
+            eprintln!(
+                "probe: test CE {:.3} (zero-shot {:.3}); report in {}",
+                r.test_loss,
+                r.test_loss_zero_shot,
+                a.out.display()
+            );
+        }
         Cmd::Eval(EvalCmd::Compare(a)) => diffugpt_training::eval::quality::run_compare(&a)?,
+        Cmd::Export(a) => {
+            let summary = diffugpt_training::export::run(&a)?;
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+        }
+        Cmd::Text(a) => {
+            let summary = diffugpt_training::text::run(&a)?;
+            println!("{}", serde_json::to_string_pretty(&summary)?);
+        }
         Cmd::Plot { run_dir, out } => {
             for p in diffugpt_training::plot::plot_metrics(&run_dir, out.as_deref())? {
                 println!("{}", p.display());

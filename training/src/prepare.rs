@@ -5,7 +5,8 @@
 //!
 //! 1. **Read** `input` (UTF-8) and cut it into documents with the [`Splitter`]:
 //!    `blank-line` (entries separated by one or more blank lines), `percent` (a line holding
-//!    only `%`, the fortune format), `line` (one document per line), `json:FIELD` (JSON Lines,
+//!    only `%`, the fortune format), `line` (one document per line), `entries` (dictionary
+//!    entries: headword line as the prompt, the indented rest as the answer), `json:FIELD` (JSON Lines,
 //!    one document per line from a string field) or `pair:PROMPT,ANSWER` (JSON Lines of
 //!    prompt/answer pairs). Plain-text documents are trimmed of surrounding whitespace; JSON
 //!    strings are kept verbatim. Empty documents (and pairs with an empty answer) are dropped and
@@ -28,8 +29,9 @@
 //!    per-split RNG derived from `seed`. The [`PadVariant`] picks the pad id: `eos-eos` pads with
 //!    eos (50256, vocab 50257), `eos-pad` with a new id equal to the tokenizer's vocabulary size
 //!    (50257, header vocab 50258); `mask_id` is 10541 for both unless overridden. Documents
-//!    longer than `block_len - 2` are skipped or cut into chunks of `block_len - 2` tokens, each
-//!    its own block ([`LongDocs`]); both are counted, nothing is truncated silently.
+//!    longer than `block_len - 2` are skipped or cut into blocks ([`LongDocs`], [`chunk_bounds`]):
+//!    continuation blocks of `block_len - 1` tokens without an end, then a last block that ends;
+//!    both are counted, nothing is truncated silently.
 //! 5. **Write** `<out_dir>/{train,val,test}.{bin,json}` (+ `.meta.bin` for blocked kinds) and
 //!    `<out_dir>/summary.json` (the returned [`Summary`]), every file atomically.
 //!
@@ -74,6 +76,12 @@ pub enum Splitter {
     JsonField(String),
     /// JSON Lines of prompt/answer pairs: `(prompt_field, answer_field)`.
     JsonPair(String, String),
+    /// Dictionary-style entries (GCIDE, FOLDOC, the Jargon File): an entry starts at every line
+    /// that does not begin with whitespace and runs over the indented (or blank) lines after
+    /// it. Each entry is a prompt/answer pair: prompt = its first line (`Headword \pron\ pos.`),
+    /// answer = the rest, each line stripped of its indentation, runs of blank lines kept as one,
+    /// after a newline.
+    Entries,
 }
 
 impl Splitter {
@@ -88,7 +96,7 @@ impl Splitter {
     }
 
     pub fn is_pair(&self) -> bool {
-        matches!(self, Splitter::JsonPair(..))
+        matches!(self, Splitter::JsonPair(..) | Splitter::Entries)
     }
 }
 
@@ -100,6 +108,7 @@ impl fmt::Display for Splitter {
             Splitter::Line => f.write_str("line"),
             Splitter::JsonField(n) => write!(f, "json:{n}"),
             Splitter::JsonPair(p, a) => write!(f, "pair:{p},{a}"),
+            Splitter::Entries => f.write_str("entries"),
         }
     }
 }
@@ -126,6 +135,7 @@ impl FromStr for Splitter {
             ("blank-line" | "blankline" | "blank", None) => Ok(Splitter::BlankLine),
             ("percent" | "%", None) => Ok(Splitter::Percent),
             ("line", None) => Ok(Splitter::Line),
+            ("entries" | "entry", None) => Ok(Splitter::Entries),
             ("json" | "json-field", None) => Ok(Splitter::JsonField("text".into())),
             ("json" | "json-field", Some(f)) => Ok(Splitter::JsonField(field(f)?)),
             ("pair" | "json-pair", None) => {
@@ -138,7 +148,7 @@ impl FromStr for Splitter {
                 )),
             },
             _ => Err(format!(
-                "unknown splitter {s:?} (expected blank-line, percent, line, json:FIELD or pair:PROMPT,ANSWER)"
+                "unknown splitter {s:?} (expected blank-line, percent, line, entries, json:FIELD or pair:PROMPT,ANSWER)"
             )),
         }
     }
@@ -183,8 +193,9 @@ impl FromStr for PadVariant {
 pub enum LongDocs {
     /// Leave them out (counted in `docs_skipped_too_long`).
     Skip,
-    /// Cut them into chunks of `block_len - 2` tokens, one block each (counted in
-    /// `docs_split_too_long`).
+    /// Cut them into blocks (counted in `docs_split_too_long`): continuation blocks of
+    /// `block_len - 1` tokens with no end token, then a last block that ends (see
+    /// [`chunk_bounds`]). Only the real end of the document is marked as an end.
     Split,
 }
 
@@ -298,7 +309,7 @@ pub struct PrepareArgs {
     /// Output directory for {train,val,test}.{bin,json,meta.bin} and summary.json.
     #[arg(long)]
     pub out_dir: PathBuf,
-    /// How to cut the input into documents: blank-line | percent | line | json:FIELD |
+    /// How to cut the input into documents: blank-line | percent | line | entries | json:FIELD |
     /// pair:PROMPT,ANSWER [default: json:text for .jsonl input, else blank-line].
     #[arg(long)]
     pub splitter: Option<Splitter>,
@@ -326,12 +337,28 @@ pub struct PrepareArgs {
     /// Keep only the first N non-empty documents.
     #[arg(long)]
     pub max_docs: Option<usize>,
-    /// End-of-text id, also the BOS.
-    #[arg(long, default_value_t = GPT2_EOS)]
-    pub eos_id: u32,
-    /// `[MASK]` id written to the headers.
-    #[arg(long, default_value_t = DIFFUGPT_S_MASK)]
-    pub mask_id: u32,
+    /// End-of-text id, also the BOS [default: the tokenizer's `<|endoftext|>`, else 50256].
+    #[arg(long)]
+    pub eos_id: Option<u32>,
+    /// `[MASK]` id written to the headers [default: the tokenizer's `<|mask|>` (a vocabulary
+    /// trained by `diffugpt-train vocab`), else DiffuGPT-S's 10541].
+    #[arg(long)]
+    pub mask_id: Option<u32>,
+}
+
+impl PrepareArgs {
+    /// Fills the ids not given on the command line from the tokenizer's special tokens
+    /// (`<|endoftext|>`, `<|mask|>`; see [`crate::vocab`]), so a corpus-trained vocabulary needs
+    /// no id flags. Without them the GPT-2 / DiffuGPT-S defaults apply ([`PrepareOptions::from`]).
+    pub fn resolve_special_ids(&mut self) -> Result<()> {
+        if self.eos_id.is_some() && self.mask_id.is_some() {
+            return Ok(());
+        }
+        let (eos, mask) = crate::vocab::special_ids(&self.tokenizer)?;
+        self.eos_id = self.eos_id.or(eos);
+        self.mask_id = self.mask_id.or(mask);
+        Ok(())
+    }
 }
 
 impl From<PrepareArgs> for PrepareOptions {
@@ -351,8 +378,8 @@ impl From<PrepareArgs> for PrepareOptions {
             out_dir: a.out_dir,
             tokenizer: a.tokenizer,
             max_docs: a.max_docs,
-            eos_id: a.eos_id,
-            mask_id: a.mask_id,
+            eos_id: a.eos_id.unwrap_or(GPT2_EOS),
+            mask_id: a.mask_id.unwrap_or(DIFFUGPT_S_MASK),
         }
     }
 }
@@ -476,6 +503,34 @@ pub fn split_documents(text: &str, splitter: &Splitter) -> Result<RawDocs> {
                 push_text(&last, &mut out);
             }
         }
+        Splitter::Entries => {
+            let mut head: Option<&str> = None;
+            let mut body: Vec<&str> = Vec::new();
+            fn flush(head: Option<&str>, body: &mut Vec<&str>, out: &mut RawDocs) {
+                if let Some(h) = head {
+                    let answer = entry_answer(body);
+                    if answer.is_empty() {
+                        out.empty += 1;
+                    } else {
+                        out.docs.push(RawDoc::Pair {
+                            prompt: h.trim_end().to_string(),
+                            answer,
+                        });
+                    }
+                }
+                body.clear();
+            }
+            for line in text.lines() {
+                let starts_entry = line.chars().next().is_some_and(|c| !c.is_whitespace());
+                if starts_entry {
+                    flush(head.take(), &mut body, &mut out);
+                    head = Some(line);
+                } else if head.is_some() {
+                    body.push(line);
+                }
+            }
+            flush(head, &mut body, &mut out);
+        }
         Splitter::JsonField(field) => {
             for (i, line) in text.lines().enumerate() {
                 if line.trim().is_empty() {
@@ -508,6 +563,25 @@ pub fn split_documents(text: &str, splitter: &Splitter) -> Result<RawDocs> {
         }
     }
     Ok(out)
+}
+
+/// The answer of an [`Splitter::Entries`] entry: `"\n"` + its lines without indentation, a run
+/// of blank lines kept as one empty line, none at either end; empty when the body has no text.
+fn entry_answer(body: &[&str]) -> String {
+    let mut lines: Vec<&str> = Vec::new();
+    for l in body.iter().map(|l| l.trim()) {
+        if !(l.is_empty() && lines.last().is_none_or(|p| p.is_empty())) {
+            lines.push(l);
+        }
+    }
+    while lines.last().is_some_and(|l| l.is_empty()) {
+        lines.pop();
+    }
+    if lines.is_empty() {
+        String::new()
+    } else {
+        format!("\n{}", lines.join("\n"))
+    }
 }
 
 fn json_object(line: &str, lineno: usize) -> Result<serde_json::Map<String, serde_json::Value>> {
@@ -800,6 +874,26 @@ fn mask_eos_rng(seed: u64, split: Split) -> Rng {
 
 type Laid = (Header, Vec<u32>, Option<Vec<u32>>, SplitSummary);
 
+/// Token ranges of the blocks of an `n`-token document in `block_len` blocks: one range when it
+/// fits (`n <= block_len - 2`: content, end, padding); otherwise continuation chunks of exactly
+/// `block_len - 1` tokens (no end, no padding) and a last chunk of `1..=block_len - 2` tokens
+/// that ends. When the continuations use up the document exactly, there is no last chunk and
+/// the document's end is not marked (an empty block `[BOS, end]` would teach an end without
+/// any text, a wrong signal too).
+pub fn chunk_bounds(n: usize, block_len: usize) -> Vec<(usize, usize)> {
+    let (cap, cont) = (block_len - 2, block_len - 1);
+    let mut out = Vec::new();
+    let mut start = 0;
+    while n - start > cap {
+        out.push((start, start + cont));
+        start += cont;
+    }
+    if start < n || n == 0 {
+        out.push((start, n));
+    }
+    out
+}
+
 fn layout_split(
     opts: &PrepareOptions,
     split: Split,
@@ -838,8 +932,9 @@ fn layout_split(
         }
         s.docs_written += 1;
         let pad = pad_id.expect("blocked kinds have a pad id");
-        for (c, chunk) in d.tokens.chunks(cap).enumerate() {
-            let prompt_in_chunk = d.prompt_len.saturating_sub(c * cap).min(chunk.len());
+        for (start, end) in chunk_bounds(d.tokens.len(), l) {
+            let chunk = &d.tokens[start..end];
+            let prompt_in_chunk = d.prompt_len.saturating_sub(start).min(chunk.len());
             let k = match opts.kind {
                 Kind::MaskEos => {
                     let span = (chunk.len() - prompt_in_chunk) as u64 + 1;
@@ -850,8 +945,13 @@ fn layout_split(
             meta.push(1 + k as u32);
             tokens.push(eos);
             tokens.extend_from_slice(chunk);
-            tokens.push(eos);
-            tokens.resize(tokens.len() + cap - chunk.len(), pad);
+            // Only the document's last chunk ends: an end token after an earlier chunk would
+            // teach the model an end where the text goes on. A continuation chunk fills the
+            // block (block_len - 1 tokens after the BOS) and has no end and no padding.
+            if chunk.len() <= cap {
+                tokens.push(eos);
+                tokens.resize(tokens.len() + cap - chunk.len(), pad);
+            }
         }
     }
     s.tokens = tokens.len() as u64;

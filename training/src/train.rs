@@ -8,17 +8,18 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor, Var, D};
-use diffugpt::config::{ModelConfig, SpecialIdOverrides, SpecialIds};
+use diffugpt::config::{ModelConfig, SpecialIds};
 use diffugpt::model::AttnMask;
 use diffugpt::rng::Rng;
 use diffugpt::weights::{self, Layout, LoadOptions, SaveDtype};
 use diffugpt::Gpt2;
 use serde::{Deserialize, Serialize};
 
+use crate::backend::Backend;
 use crate::checkpoint;
 use crate::config::{Init, Pipeline, TrainConfig};
-use crate::data;
 use crate::dataset::{Dataset, Example};
+use crate::objective::{self, Mask, Selection};
 use crate::optim::{one_cycle_lr, AdamW};
 
 /// A model whose weights are trainable variables.
@@ -52,8 +53,12 @@ pub fn make_trainable(model: &Gpt2, cfg: &TrainConfig) -> Result<Trainable> {
     Ok(Trainable { model: m, opt })
 }
 
-/// The initial model for a run (before any checkpoint).
-pub fn initial_model(cfg: &TrainConfig, data_pad: Option<u32>, data_vocab: usize) -> Result<Gpt2> {
+/// The initial model for a run (before any checkpoint). A scratch model takes its vocabulary
+/// size and special ids from the training data's header (so a corpus-trained BPE vocabulary,
+/// whatever its ids, needs no extra setting); a checkpoint keeps its own and gets a pad row when
+/// the data needs one.
+pub fn initial_model(cfg: &TrainConfig, data: &Dataset) -> Result<Gpt2> {
+    let h = data.header();
     let model = match &cfg.init {
         Init::Scratch {
             n_layer,
@@ -67,13 +72,15 @@ pub fn initial_model(cfg: &TrainConfig, data_pad: Option<u32>, data_vocab: usize
                 n_embd: *n_embd,
                 n_inner: 4 * n_embd,
                 n_positions: *n_positions,
+                vocab_size: h.vocab_size as usize,
                 ..ModelConfig::gpt2_small()
             };
-            let ids = SpecialIds::resolve(
-                mc.vocab_size,
-                &Default::default(),
-                &SpecialIdOverrides::default(),
-            )?;
+            let ids = SpecialIds {
+                eos: h.eos_id,
+                mask: h.mask_id,
+                pad: h.pad_id.filter(|&p| p != h.eos_id),
+            };
+            ids.validate(mc.vocab_size)?;
             Gpt2::random(mc, ids, cfg.seed, &Device::Cpu)?
         }
         Init::Checkpoint { path } => {
@@ -82,7 +89,46 @@ pub fn initial_model(cfg: &TrainConfig, data_pad: Option<u32>, data_vocab: usize
                 .0
         }
     };
-    extend_vocab(model, data_pad, data_vocab)
+    extend_vocab(model, data.pad_id(), data.vocab_size())
+}
+
+/// Refuses data whose special ids differ from the model's: data prepared with another mask or
+/// eos id would otherwise train silently on the wrong targets (the trainer masks with the
+/// model's mask id and scores ends with the model's end ids).
+pub fn check_data_ids(model: &Gpt2, data: &Dataset, what: &str) -> Result<()> {
+    let h = data.header();
+    let ids = model.ids;
+    let fix = "prepare the data with the model's ids (--eos-id / --mask-id) or train a model that uses the data's";
+    if h.eos_id != ids.eos {
+        bail!(
+            "{what} data was prepared with eos_id {} but the model's eos id is {}: {fix}",
+            h.eos_id,
+            ids.eos
+        );
+    }
+    if h.mask_id != ids.mask {
+        bail!(
+            "{what} data was prepared with mask_id {} but the model's mask id is {}: {fix}",
+            h.mask_id,
+            ids.mask
+        );
+    }
+    if let Some(p) = h.pad_id.filter(|&p| p != h.eos_id) {
+        if ids.pad != Some(p) {
+            bail!(
+                "{what} data pads with id {p} but the model's pad id is {:?}: {fix}",
+                ids.pad
+            );
+        }
+    }
+    if h.vocab_size as usize > model.cfg.vocab_size {
+        bail!(
+            "{what} data has a vocabulary of {} ids but the model only {}",
+            h.vocab_size,
+            model.cfg.vocab_size
+        );
+    }
+    Ok(())
 }
 
 /// Vocabulary extension for a new pad id: new rows are the mean embedding (the head stays tied).
@@ -113,9 +159,20 @@ pub fn extend_vocab(mut model: Gpt2, pad: Option<u32>, data_vocab: usize) -> Res
 }
 
 /// A batch in tensor form plus what the loss needs.
-struct Batch {
-    examples: Vec<Example>,
-    t: usize,
+pub struct Batch {
+    pub(crate) examples: Vec<Example>,
+    pub(crate) t: usize,
+}
+
+impl Batch {
+    /// A batch of examples of one length (tests build their own).
+    pub fn new(examples: Vec<Example>) -> Result<Batch> {
+        let t = examples.first().map_or(0, |e| e.tokens.len());
+        if t == 0 || examples.iter().any(|e| e.tokens.len() != t) {
+            bail!("a batch needs examples of one non-zero length");
+        }
+        Ok(Batch { examples, t })
+    }
 }
 
 fn sample_batch(data: &Dataset, cfg: &TrainConfig, rng: &mut Rng) -> Batch {
@@ -134,8 +191,9 @@ fn eval_batch(data: &Dataset, cfg: &TrainConfig, index: usize) -> Batch {
     Batch { examples, t }
 }
 
-/// Loss of one batch for the pipeline. Returns (loss, number of target tokens).
-fn batch_loss(
+/// Loss of one batch for the pipeline. Returns (loss, number of target tokens). Pinned on
+/// hand-made batches by `objective_tests`.
+pub(crate) fn batch_loss(
     model: &Gpt2,
     pipeline: Pipeline,
     batch: &Batch,
@@ -143,96 +201,47 @@ fn batch_loss(
     cfg: &TrainConfig,
     step: usize,
 ) -> Result<(Tensor, usize)> {
-    let ids = model.ids;
-    let (b, t) = (batch.examples.len(), batch.t);
-    let mut input: Vec<u32> = Vec::with_capacity(b * t);
-    // (row in the flattened [b*t] hidden states, target id, weight)
-    let mut rows: Vec<(u32, u32, f32)> = Vec::new();
-    let d = &cfg.diffusion;
-    let mask = match pipeline {
-        Pipeline::Arm => {
-            for (bi, ex) in batch.examples.iter().enumerate() {
-                input.extend_from_slice(&ex.tokens);
-                let last = ex.end.unwrap_or(t - 1);
-                for j in ex.fixed.max(1)..=last {
-                    rows.push(((bi * t + j - 1) as u32, ex.tokens[j], 1.0));
-                }
-            }
-            AttnMask::Causal
-        }
-        Pipeline::Diffusion => {
-            let pad_scale = if d.pad_anneal_steps == 0 {
-                1.0
-            } else {
-                (step as f64 / d.pad_anneal_steps as f64).min(1.0)
-            };
-            for (bi, ex) in batch.examples.iter().enumerate() {
-                let tn = d.t_eps + (1.0 - d.t_eps) * rng.next_f64();
-                let mut x = ex.tokens.clone();
-                for (j, slot) in x.iter_mut().enumerate().skip(ex.fixed.max(1)) {
-                    let after_end = ex.end.is_some_and(|e| j > e);
-                    let p = if after_end { tn * pad_scale } else { tn };
-                    if rng.next_f64() < p {
-                        rows.push(((bi * t + j - 1) as u32, *slot, (1.0 / tn) as f32));
-                        *slot = ids.mask;
-                    }
-                }
-                input.extend_from_slice(&x);
-            }
-            let p = if d.attn_anneal_steps == 0 {
-                1.0
-            } else {
-                (step as f64 / d.attn_anneal_steps as f64).min(1.0)
-            };
-            if p >= 1.0 {
-                AttnMask::Bidirectional
-            } else {
-                // Causal plus Bernoulli(p) future entries, drawn per sequence.
-                let mut bias = vec![0f32; b * t * t];
-                for bi in 0..b {
-                    for q in 0..t {
-                        for k in q + 1..t {
-                            if rng.next_f64() >= p {
-                                bias[(bi * t + q) * t + k] = f32::NEG_INFINITY;
-                            }
-                        }
-                    }
-                }
-                AttnMask::Bias(Tensor::from_vec(bias, (b, 1, t, t), &Device::Cpu)?)
-            }
-        }
-        Pipeline::MaskEos => {
-            let w = d.eos_window;
-            for (bi, ex) in batch.examples.iter().enumerate() {
-                let fixed = ex.fixed.max(1) as u32;
-                input.extend(data::mask_eos_input(&ex.tokens, fixed, ids.mask));
-                for i in data::mask_eos_loss_positions(&ex.tokens, fixed, ids.eos, w) {
-                    rows.push(((bi * t + i) as u32, ex.tokens[i + 1], 1.0));
-                }
-            }
-            AttnMask::Bidirectional
-        }
-    };
-    let n = rows.len();
+    let sel = objective::select(
+        model.ids,
+        pipeline,
+        &batch.examples,
+        batch.t,
+        rng,
+        cfg,
+        step,
+    );
+    selection_loss(model, &sel)
+}
+
+/// The loss of a [`Selection`] on candle's ops (differentiable when `model` is). Returns (loss,
+/// number of target tokens); a selection without rows has loss 0.
+pub fn selection_loss(model: &Gpt2, sel: &Selection) -> Result<(Tensor, usize)> {
+    let (b, t) = (sel.b, sel.t);
+    let n = sel.rows.len();
     if n == 0 {
         return Ok((Tensor::new(0f32, &Device::Cpu)?, 0));
     }
-    let x = Tensor::from_vec(input, (b, t), &Device::Cpu)?;
+    let mask = match &sel.mask {
+        Mask::Bidirectional => AttnMask::Bidirectional,
+        Mask::Causal => AttnMask::Causal,
+        Mask::Bias(bias) => AttnMask::Bias(Tensor::from_slice(bias, (b, 1, t, t), &Device::Cpu)?),
+    };
+    let x = Tensor::from_slice(&sel.input, (b, t), &Device::Cpu)?;
     let h = model
         .hidden(&x, &mask, None)?
         .reshape((b * t, model.cfg.n_embd))?;
     let idx = Tensor::from_vec(
-        rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+        sel.rows.iter().map(|r| r.row).collect::<Vec<_>>(),
         n,
         &Device::Cpu,
     )?;
     let tgt = Tensor::from_vec(
-        rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+        sel.rows.iter().map(|r| r.target).collect::<Vec<_>>(),
         (n, 1),
         &Device::Cpu,
     )?;
     let wts = Tensor::from_vec(
-        rows.iter().map(|r| r.2).collect::<Vec<_>>(),
+        sel.rows.iter().map(|r| r.weight).collect::<Vec<_>>(),
         n,
         &Device::Cpu,
     )?;
@@ -241,6 +250,93 @@ fn batch_loss(
     let nll = logp.gather(&tgt, 1)?.squeeze(1)?.neg()?;
     let loss = ((nll * wts)?.sum_all()? / n as f64)?;
     Ok((loss, n))
+}
+
+/// The gradients of one optimizer step, summed over its micro-batches.
+pub struct Accumulated {
+    /// Sum of the micro-batch gradients, in `opt.vars` order (detached).
+    pub grads: Vec<Option<Tensor>>,
+    pub loss_sum: f64,
+    /// Micro-batches that carried at least one target: the divisor of the mean. A micro-batch
+    /// without targets adds no gradient and must not dilute the others.
+    pub used: usize,
+}
+
+impl Accumulated {
+    /// Nothing accumulated yet, for `opt`'s variables.
+    pub fn new(opt: &AdamW) -> Accumulated {
+        Accumulated {
+            grads: vec![None; opt.vars.len()],
+            loss_sum: 0.0,
+            used: 0,
+        }
+    }
+
+    /// Forward and backward of one micro-batch on candle's autograd, added to the sum (nothing
+    /// when it has no targets).
+    pub fn add(&mut self, model: &Gpt2, opt: &AdamW, sel: &Selection) -> Result<()> {
+        let (loss, n) = selection_loss(model, sel)?;
+        if n == 0 {
+            return Ok(());
+        }
+        self.loss_sum += loss.to_scalar::<f32>()? as f64;
+        self.used += 1;
+        AdamW::accumulate(&mut self.grads, opt.collect(&loss.backward()?))?;
+        Ok(())
+    }
+
+    /// Mean loss of the micro-batches that had targets (NaN, logged as null, when none had).
+    pub fn mean_loss(&self) -> f64 {
+        self.loss_sum / self.used as f64
+    }
+}
+
+/// Averages the accumulated gradients over the micro-batches that had targets, clips their global
+/// norm to `grad_clip` (0 = off) and takes one AdamW step at `lr`. Returns the norm before
+/// clipping. A step whose micro-batches all drew no target has nothing to learn from: no update
+/// (AdamW's momentum would still move the weights).
+pub fn apply_update(opt: &mut AdamW, acc: &Accumulated, lr: f64, grad_clip: f64) -> Result<f64> {
+    if acc.used == 0 {
+        return Ok(0.0);
+    }
+    let scale = 1.0 / acc.used as f64;
+    let norm = AdamW::grad_norm(&acc.grads)? * scale;
+    opt.step(&acc.grads, lr, scale * clip_factor(norm, grad_clip))?;
+    Ok(norm)
+}
+
+/// The factor that brings a gradient of global norm `norm` down to `grad_clip` (0 = off).
+pub fn clip_factor(norm: f64, grad_clip: f64) -> f64 {
+    if grad_clip > 0.0 && norm > grad_clip {
+        grad_clip / norm
+    } else {
+        1.0
+    }
+}
+
+/// Runs forward and backward over `batches` (sampled in this order, drawing masks from `rng`).
+pub fn accumulate_gradients(
+    model: &Gpt2,
+    opt: &AdamW,
+    cfg: &TrainConfig,
+    batches: &[Batch],
+    rng: &mut Rng,
+    step: usize,
+) -> Result<Accumulated> {
+    let mut acc = Accumulated::new(opt);
+    for batch in batches {
+        let sel = objective::select(
+            model.ids,
+            cfg.pipeline,
+            &batch.examples,
+            batch.t,
+            rng,
+            cfg,
+            step,
+        );
+        acc.add(model, opt, &sel)?;
+    }
+    Ok(acc)
 }
 
 /// Validation: mean loss over `eval_batches` fixed batches, and first-step end metrics on
@@ -262,6 +358,9 @@ pub fn evaluate(
     cfg: &TrainConfig,
     step: usize,
 ) -> Result<EvalMetrics> {
+    // Validation needs no gradients: a copy of the model whose weights are plain (detached)
+    // tensors sharing the variables' storage builds no graph, and runs the fused in-place kernels.
+    let model = &frozen(model)?;
     let mut rng = Rng::new(cfg.seed ^ 0x05EE_DEA1);
     let mut total = 0.0;
     let mut batches = 0;
@@ -283,11 +382,6 @@ pub fn evaluate(
     };
     if data.is_blocked() {
         let (mut exact, mut near, mut count) = (0usize, 0usize, 0usize);
-        let session_model = {
-            let mut g = model.clone();
-            g.differentiable = false;
-            g
-        };
         for i in 0..(cfg.eval_batches.max(1) * cfg.batch_size).min(data.len()) {
             let ex = data.get(i, cfg.seq_len);
             let Some(end) = ex.end else { continue };
@@ -296,7 +390,7 @@ pub fn evaluate(
             for v in x.iter_mut().skip(fixed) {
                 *v = model.ids.mask;
             }
-            let logits = session_model.forward_logits(&x, &AttnMask::Bidirectional)?;
+            let logits = model.forward_logits(&x, &AttnMask::Bidirectional)?;
             let rows: Vec<Vec<f32>> = logits.to_vec2()?;
             let pred = (fixed..x.len()).find(|&j| {
                 let (am, _) = diffugpt::sampler::argmax(&rows[j - 1]);
@@ -317,6 +411,27 @@ pub fn evaluate(
     Ok(m)
 }
 
+/// `model` with its weights detached from the trainable variables (same storage, no copy): the
+/// forward passes of validation and evaluation then build no autograd graph.
+pub fn frozen(model: &Gpt2) -> Result<Gpt2> {
+    let named = model.named_tensors()?;
+    let mut get = |n: &str| -> diffugpt::Result<Tensor> {
+        named
+            .iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, t)| t.detach())
+            .ok_or_else(|| diffugpt::Error::MissingTensor(n.into()))
+    };
+    let mut m = Gpt2::from_named(
+        model.cfg.clone(),
+        model.ids,
+        &mut get,
+        model.lm_head.is_some(),
+    )?;
+    m.differentiable = false;
+    Ok(m)
+}
+
 /// Saved with every checkpoint.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrainState {
@@ -334,7 +449,10 @@ struct LogLine {
     loss: f64,
     lr: f64,
     grad_norm: f64,
-    tokens_per_s: f64,
+    /// Batch positions (padding and the first position included) per second.
+    positions_per_s: f64,
+    /// Positions the model learns to predict (after the first, up to the end) per second.
+    useful_tokens_per_s: f64,
     elapsed_s: f64,
 }
 
@@ -414,6 +532,34 @@ pub fn train(
     resume: bool,
     stop_after: Option<usize>,
 ) -> Result<Vec<f64>> {
+    let stop = StopAt {
+        step: stop_after,
+        deadline: None,
+    };
+    train_observed(cfg, config_path, resume, stop, &mut |_| {})
+}
+
+/// When an invocation ends early, with a checkpoint, as an interruption would (a later `resume`
+/// continues exactly).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StopAt {
+    /// After this many optimizer steps in total.
+    pub step: Option<usize>,
+    /// After the first step that completes at or past this moment: a wall-clock budget, so a
+    /// long stage fits a session (`diffugpt-train train --max-minutes`).
+    pub deadline: Option<Instant>,
+}
+
+/// [`train`] with a [`StopAt`], calling `after_step(step)` once each optimizer step is complete
+/// (logged, validated and checkpointed), with `step` counted from 1. Tests and benchmarks watch
+/// memory through it.
+pub fn train_observed(
+    cfg: &TrainConfig,
+    config_path: Option<&Path>,
+    resume: bool,
+    stop: StopAt,
+    after_step: &mut dyn FnMut(usize),
+) -> Result<Vec<f64>> {
     std::fs::create_dir_all(&cfg.out_dir)?;
     let ckpt_dir = cfg.out_dir.join("checkpoints");
     remove_stale_temps(cfg)?;
@@ -449,20 +595,21 @@ pub fn train(
                     old.display()
                 );
             }
-            (
-                initial_model(cfg, train_data.pad_id(), train_data.vocab_size())?,
-                None,
-            )
+            (initial_model(cfg, &train_data)?, None)
         }
     };
-    let Trainable { model, mut opt } = make_trainable(&base, cfg)?;
+    check_data_ids(&base, &train_data, "training")?;
+    if let Some(v) = &val_data {
+        check_data_ids(&base, v, "validation")?;
+    }
+    let mut backend = Backend::new(&base, cfg)?;
+    let ids = base.ids;
     drop(base);
     let mut rng = Rng::new(cfg.seed);
     let mut start = 0;
     let mut best_val = None;
     if let Some((st, dir)) = &state {
-        checkpoint::load_optimizer(&mut opt, dir)?;
-        opt.t = st.adam_t;
+        backend.load_optimizer(dir, st.adam_t)?;
         rng = Rng::from_state(st.rng);
         start = st.step;
         best_val = st.best_val;
@@ -491,27 +638,26 @@ pub fn train(
     let mut losses = Vec::new();
     for step in start..cfg.steps {
         let t0 = Instant::now();
-        let mut acc: Vec<Option<Tensor>> = vec![None; opt.vars.len()];
-        let mut loss_sum = 0.0;
-        let mut tokens = 0usize;
-        for _ in 0..cfg.grad_accum {
-            let batch = sample_batch(&train_data, cfg, &mut rng);
-            tokens += batch.examples.len() * batch.t;
-            let (loss, n) = batch_loss(&model, cfg.pipeline, &batch, &mut rng, cfg, step)?;
-            if n == 0 {
-                continue;
-            }
-            loss_sum += loss.to_scalar::<f32>()? as f64;
-            let g = opt.collect(&loss.backward()?);
-            AdamW::accumulate(&mut acc, g)?;
+        let batches: Vec<Batch> = (0..cfg.grad_accum)
+            .map(|_| sample_batch(&train_data, cfg, &mut rng))
+            .collect();
+        let positions: usize = batches.iter().map(|b| b.examples.len() * b.t).sum();
+        let useful: usize = batches
+            .iter()
+            .map(|b| objective::useful_tokens(&b.examples, b.t))
+            .sum();
+        for batch in &batches {
+            let sel = objective::select(
+                ids,
+                cfg.pipeline,
+                &batch.examples,
+                batch.t,
+                &mut rng,
+                cfg,
+                step,
+            );
+            backend.micro_batch(&sel)?;
         }
-        let scale = 1.0 / cfg.grad_accum as f64;
-        let norm = AdamW::grad_norm(&acc)? * scale;
-        let clip = if o.grad_clip > 0.0 && norm > o.grad_clip {
-            o.grad_clip / norm
-        } else {
-            1.0
-        };
         let lr = one_cycle_lr(
             step,
             cfg.steps,
@@ -520,30 +666,32 @@ pub fn train(
             o.div_factor,
             o.final_div_factor,
         );
-        opt.step(&acc, lr, scale * clip)?;
-        let loss = loss_sum / cfg.grad_accum as f64;
+        let (norm, loss) = backend.apply_update(lr, o.grad_clip)?;
         losses.push(loss);
         let done = step + 1;
-        let tps = tokens as f64 / t0.elapsed().as_secs_f64();
+        let secs = t0.elapsed().as_secs_f64();
+        let tps = useful as f64 / secs;
         bar.set_position(done as u64);
-        bar.set_message(format!("loss {loss:.4} lr {lr:.2e} {tps:.0} tok/s"));
+        bar.set_message(format!("loss {loss:.4} lr {lr:.2e} {tps:.0} useful tok/s"));
         if done % cfg.log_every.max(1) == 0 || done == cfg.steps {
             let line = LogLine {
                 step: done,
                 loss,
                 lr,
                 grad_norm: norm,
-                tokens_per_s: tps,
+                positions_per_s: positions as f64 / secs,
+                useful_tokens_per_s: tps,
                 elapsed_s: started.elapsed().as_secs_f64(),
             };
             append_line(&mut metrics, &serde_json::to_string(&line)?)?;
         }
         let last = done == cfg.steps;
-        let stopping = stop_after == Some(done);
+        let stopping =
+            stop.step == Some(done) || stop.deadline.is_some_and(|d| Instant::now() >= d);
         let mut val_loss = None;
         if let Some(v) = &val_data {
             if last || (cfg.eval_every > 0 && done % cfg.eval_every == 0) {
-                let m = evaluate(&model, cfg.pipeline, v, cfg, done)?;
+                let m = evaluate(&backend.model()?, cfg.pipeline, v, cfg, done)?;
                 let mut j = serde_json::to_value(&m)?;
                 j["step"] = done.into();
                 append_line(&mut metrics, &j.to_string())?;
@@ -561,15 +709,16 @@ pub fn train(
         if last || stopping || is_best || (cfg.save_every > 0 && done % cfg.save_every == 0) {
             let st = TrainState {
                 step: done,
-                adam_t: opt.t,
+                adam_t: backend.adam_t(),
                 rng: rng.state(),
                 best_val,
             };
             // The log up to this step reaches the disk before the checkpoint that vouches for it
             // (a power cut must not leave a checkpoint whose steps are missing from the log).
             metrics.sync_data().context("syncing metrics.jsonl")?;
-            checkpoint::save(&ckpt_dir, &model, &opt, &st, is_best, cfg.keep_last)?;
+            backend.save_checkpoint(&ckpt_dir, &st, is_best, cfg.keep_last)?;
         }
+        after_step(done);
         if stopping && !last {
             bar.finish_and_clear();
             eprintln!("stopped after step {done} (resume with --resume)");
@@ -579,9 +728,12 @@ pub fn train(
     bar.finish_and_clear();
     // The final model, loadable by the core (and `diffugpt --model`).
     let final_dir = cfg.out_dir.join("final");
-    let mut out = model.clone();
-    out.differentiable = false;
-    weights::save(&out, &final_dir, Layout::DiffuGpt, SaveDtype::F32)?;
+    weights::save(
+        &backend.model()?,
+        &final_dir,
+        Layout::DiffuGpt,
+        SaveDtype::F32,
+    )?;
     eprintln!("wrote {}", final_dir.display());
     Ok(losses)
 }
@@ -617,7 +769,8 @@ mod tests {
             loss: 1.5,
             lr: 1e-3,
             grad_norm: 0.5,
-            tokens_per_s: 100.0,
+            positions_per_s: 100.0,
+            useful_tokens_per_s: 80.0,
             elapsed_s: 2.0,
         };
         append_line(&mut w, &serde_json::to_string(&line).unwrap()).unwrap();

@@ -7,7 +7,8 @@
 //! as the one before; each round resumes from it, or starts fresh when nothing was written yet.
 //! Finally the run is completed with `--resume`, and must be bit-identical to an uninterrupted run
 //! started alongside: same final weights, same loss at every step, and every line of
-//! `metrics.jsonl` parses, with no step logged twice. About 25-50 s in the dev profile on 2 cores.
+//! `metrics.jsonl` parses, with no step logged twice. About 25-50 s in the dev profile on 2 cores,
+//! so it is `#[ignore]`d out of the README's test command; `.ci/run` runs it with `-- --ignored`.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -230,6 +231,7 @@ fn exited_early(round: usize, status: std::process::ExitStatus, log: &Path) -> !
 }
 
 #[test]
+#[ignore = "soak test (tens of seconds): .ci/run runs it with `cargo test --workspace -- --ignored`"]
 fn sigkill_at_random_points_never_corrupts_checkpoints() {
     let started = Instant::now();
     let tmp = tempfile::tempdir().unwrap();
@@ -268,14 +270,14 @@ fn sigkill_at_random_points_never_corrupts_checkpoints() {
         let mut child = spawn(&cfg_path, resume, &log);
         let t0 = Instant::now();
         let mut seen = Seen::default();
+        // No time limit: this loop ends because the trainer's work is bounded. Each poll either
+        // sees the aim reached or the child still running; a child that finishes (or dies)
+        // without the aim being reached is a failure (`exited_early`), and STEPS bounds how long
+        // it can run. Only a hung trainer keeps the loop going, and CI's job timeout reports that.
         while !seen.reached(aim) {
             if let Some(status) = child.try_wait().unwrap() {
                 exited_early(round, status, &log);
             }
-            assert!(
-                t0.elapsed() < Duration::from_secs(60),
-                "round {round}: {aim:?} not reached within 60 s"
-            );
             std::thread::sleep(Duration::from_micros(500));
             seen.poll(&ckpts, spawned, latest);
         }

@@ -162,7 +162,7 @@ fn eval_eos_end_to_end_on_the_tiny_model() {
         }
     }
     assert_eq!(r["sweep"]["quantile"].as_array().unwrap().len(), 12);
-    assert_eq!(r["sweep"]["threshold"].as_array().unwrap().len(), 11);
+    assert_eq!(r["sweep"]["threshold"].as_array().unwrap().len(), 16);
 
     let g = &r["generation"];
     assert_eq!(g["examples"], 3);

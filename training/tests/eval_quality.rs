@@ -231,6 +231,7 @@ fn compare_eos_first_and_fixed_outputs() {
         canvas: 12,
         steps: 6,
         predictor: "quantile:0.9".into(),
+        end_floor: 0.0,
         levels: 2,
         seed: 1,
         out: out.clone(),

@@ -31,6 +31,7 @@ fn throughput_report_counts_work_for_both_modes() {
         predictor: "quantile:0.9".into(),
         oracle: true,
         no_grow: true,
+        end_floor: 0.0,
         max_examples: 2,
         seed: 0,
     };

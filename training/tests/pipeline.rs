@@ -4,7 +4,7 @@
 //! generates. (Crash safety under SIGKILL: `crash_safety.rs`.)
 
 use diffugpt::{GenerateParams, LoadOptions, Model};
-use diffugpt_training::config::{Init, Pipeline, TrainConfig};
+use diffugpt_training::config::{BackendKind, Init, Pipeline, TrainConfig};
 use diffugpt_training::data::Kind;
 use diffugpt_training::dataset::Dataset;
 use diffugpt_training::prepare::PadVariant;
@@ -18,7 +18,7 @@ fn val_loss_before_after(cfg: &TrainConfig) -> (f64, f64) {
     let data = Dataset::open(cfg.val_data.as_ref().unwrap(), cfg.pipeline).unwrap();
     let before = {
         let d = Dataset::open(&cfg.train_data, cfg.pipeline).unwrap();
-        let m = diffugpt_training::train::initial_model(cfg, d.pad_id(), d.vocab_size()).unwrap();
+        let m = diffugpt_training::train::initial_model(cfg, &d).unwrap();
         let t = diffugpt_training::train::make_trainable(&m, cfg).unwrap();
         evaluate(&t.model, cfg.pipeline, &data, cfg, cfg.steps)
             .unwrap()
@@ -158,6 +158,54 @@ fn resume_is_exact() {
         let va: Vec<f32> = ta.flatten_all().unwrap().to_vec1().unwrap();
         let vb: Vec<f32> = b[name].flatten_all().unwrap().to_vec1().unwrap();
         assert!(va == vb, "final weights differ in {name}");
+    }
+}
+
+/// A run checkpointed by one backend resumes on the other (same checkpoint format), and the two
+/// backends train the same way: the first steps' losses agree closely.
+#[test]
+fn checkpoints_resume_across_backends() {
+    let tmp = tempfile::tempdir().unwrap();
+    let padded = prep(&tmp.path().join("d"), Kind::Padded, PadVariant::EosEos);
+    let scratch = Init::Scratch {
+        n_layer: 1,
+        n_head: 2,
+        n_embd: 16,
+        n_positions: 64,
+    };
+    for (first, then) in [
+        (BackendKind::Candle, BackendKind::Engine),
+        (BackendKind::Engine, BackendKind::Candle),
+    ] {
+        let out = tmp.path().join(format!("{first:?}"));
+        let mut cfg = config(Pipeline::Diffusion, scratch.clone(), &padded, &out, 4);
+        cfg.val_data = None;
+        cfg.backend = first;
+        let a = train(&cfg, None, false, Some(2)).unwrap();
+        cfg.backend = then;
+        let b = train(&cfg, None, true, None).unwrap();
+        assert_eq!((a.len(), b.len()), (2, 2));
+        assert!(b.iter().all(|l| l.is_finite()));
+        assert!(out.join("final/model.safetensors").exists());
+    }
+    let losses = |backend| {
+        let mut cfg = config(
+            Pipeline::Diffusion,
+            scratch.clone(),
+            &padded,
+            &tmp.path().join(format!("x{backend:?}")),
+            3,
+        );
+        cfg.val_data = None;
+        cfg.backend = backend;
+        train(&cfg, None, false, None).unwrap()
+    };
+    let (c, e) = (losses(BackendKind::Candle), losses(BackendKind::Engine));
+    for (x, y) in c.iter().zip(&e) {
+        assert!(
+            (x - y).abs() <= 1e-4 * x.abs(),
+            "candle {c:?} vs engine {e:?}"
+        );
     }
 }
 

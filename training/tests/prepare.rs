@@ -12,8 +12,8 @@ use diffugpt_training::data::{
     OVERFLOW_BUCKET,
 };
 use diffugpt_training::prepare::{
-    histogram_bounds, prepare, split_documents, LongDocs, PadVariant, PrepareArgs, PrepareOptions,
-    RawDoc, Splitter, Summary,
+    chunk_bounds, histogram_bounds, prepare, split_documents, LongDocs, PadVariant, PrepareArgs,
+    PrepareOptions, RawDoc, Splitter, Summary,
 };
 
 const EOS: u32 = 50256;
@@ -241,7 +241,7 @@ fn padded_eos_eos_blocks_are_bos_doc_eos_padding() {
         for (i, (block, meta)) in f.blocks().enumerate() {
             let doc = block_content(block, EOS, 128);
             assert_eq!(meta, 1, "plain docs: only the BOS is fixed");
-            assert_eq!(f.end_position(i), doc.len() + 1);
+            assert_eq!(f.end_position(i), Some(doc.len() + 1));
             got.push(doc.to_vec());
         }
     }
@@ -345,7 +345,7 @@ fn mask_eos_meta_is_a_visible_prefix_within_the_doc() {
             let x = data::mask_eos_input(block, meta, MASK);
             assert_eq!(&x[..m], &block[..m]);
             assert!(x[m..].iter().all(|&t| t == MASK));
-            let e = f.end_position(i);
+            let e = f.end_position(i).unwrap();
             let loss = data::mask_eos_loss_positions(block, meta, EOS, 2);
             assert!(
                 loss.contains(&(e - 1)),
@@ -425,11 +425,51 @@ fn mask_eos_loss_window_follows_the_documented_shift() {
     );
 }
 
-fn long_doc_lengths(tok: &Tokenizer, cap: usize) -> (Vec<usize>, usize, usize) {
+/// (lengths, documents over `block_len - 2`, blocks under `long_docs = split`).
+fn long_doc_lengths(tok: &Tokenizer, block_len: usize) -> (Vec<usize>, usize, usize) {
     let lens: Vec<usize> = expected_fortunes(tok).iter().map(|d| d.len()).collect();
-    let too_long = lens.iter().filter(|&&l| l > cap).count();
-    let blocks = lens.iter().map(|&l| l.div_ceil(cap)).sum();
+    let too_long = lens.iter().filter(|&&l| l > block_len - 2).count();
+    let blocks = lens.iter().map(|&l| chunk_bounds(l, block_len).len()).sum();
     (lens, too_long, blocks)
+}
+
+/// The content of a block that may be a continuation (no end token): `(content, ends)`.
+fn chunk_content(block: &[u32], pad: u32, block_len: usize) -> (&[u32], bool) {
+    if data::end_position(block, EOS).is_some() {
+        return (block_content(block, pad, block_len), true);
+    }
+    assert_eq!(block.len(), block_len);
+    assert_eq!(block[0], EOS, "block starts with the BOS");
+    assert!(block[1..].iter().all(|&t| t != EOS && t != pad));
+    (&block[1..], false)
+}
+
+#[test]
+fn chunk_bounds_end_only_the_last_chunk() {
+    // Fits: one chunk. Block 16: content cap 14, continuation 15.
+    assert_eq!(chunk_bounds(14, 16), vec![(0, 14)]);
+    assert_eq!(chunk_bounds(1, 16), vec![(0, 1)]);
+    assert_eq!(chunk_bounds(16, 16), vec![(0, 15), (15, 16)]);
+    assert_eq!(chunk_bounds(29, 16), vec![(0, 15), (15, 29)]);
+    assert_eq!(chunk_bounds(31, 16), vec![(0, 15), (15, 30), (30, 31)]);
+    // Continuations that use the document up exactly: no last chunk, no end.
+    assert_eq!(chunk_bounds(15, 16), vec![(0, 15)]);
+    assert_eq!(chunk_bounds(30, 16), vec![(0, 15), (15, 30)]);
+    for n in 1..200 {
+        let b = chunk_bounds(n, 16);
+        assert_eq!(b[0].0, 0);
+        assert_eq!(b.last().unwrap().1, n);
+        for w in b.windows(2) {
+            assert_eq!(w[0].1, w[1].0, "contiguous");
+            assert_eq!(w[0].1 - w[0].0, 15, "{n}: every chunk but the last is full");
+        }
+        let last = b.last().unwrap();
+        let len = last.1 - last.0;
+        assert!(
+            (1..=14).contains(&len) || (len == 15 && n % 15 == 0),
+            "{n}: {b:?}"
+        );
+    }
 }
 
 #[test]
@@ -441,7 +481,7 @@ fn long_docs_are_skipped_and_counted() {
     o.long_docs = LongDocs::Skip;
     let s = prepare(&o).unwrap();
     check_consistent(out.path(), &s);
-    let (lens, too_long, _) = long_doc_lengths(&tok, 14);
+    let (lens, too_long, _) = long_doc_lengths(&tok, 16);
     assert!(too_long > 100, "fixture has many docs over 14 tokens");
     assert_eq!(s.docs_skipped_too_long, too_long);
     assert_eq!(s.docs_split_too_long, 0);
@@ -468,22 +508,35 @@ fn long_docs_are_split_into_blocks_and_counted() {
     o.long_docs = LongDocs::Split;
     let s = prepare(&o).unwrap();
     check_consistent(out.path(), &s);
-    let (lens, too_long, blocks) = long_doc_lengths(&tok, 14);
+    let (lens, too_long, blocks) = long_doc_lengths(&tok, 16);
     assert_eq!(s.docs_split_too_long, too_long);
     assert_eq!(s.docs_skipped_too_long, 0);
     assert_eq!(
         (s.train.blocks + s.val.blocks + s.test.blocks) as usize,
         blocks
     );
-    let mut content = 0;
+    let (mut content, mut ends, mut continuations) = (0, 0, 0);
     for (_, f) in open_all(out.path()) {
         for (block, meta) in f.blocks() {
-            let c = block_content(block, EOS, 16);
-            assert!(!c.is_empty() && c.len() <= 14);
+            let (c, ended) = chunk_content(block, EOS, 16);
+            assert!(!c.is_empty());
             assert_eq!(meta, 1);
             content += c.len();
+            if ended {
+                assert!(c.len() <= 14);
+                ends += 1;
+            } else {
+                // A continuation is a full block of text: no end where the text goes on.
+                assert_eq!(c.len(), 15);
+                continuations += 1;
+            }
         }
     }
+    // One end per document, except where continuations use the document up exactly.
+    let unmarked = lens.iter().filter(|&&l| l > 14 && l % 15 == 0).count();
+    assert_eq!(ends, lens.len() - unmarked, "one end per document");
+    assert_eq!(continuations, blocks - ends);
+    assert!(continuations > 0);
     assert_eq!(
         content,
         lens.iter().sum::<usize>(),
@@ -498,7 +551,8 @@ fn long_docs_are_split_into_blocks_and_counted() {
     assert_eq!(s2.docs_split_too_long, too_long);
     for (_, f) in open_all(out2.path()) {
         for (i, (_, meta)) in f.blocks().enumerate() {
-            assert!(meta as usize <= f.end_position(i));
+            let limit = f.end_position(i).unwrap_or(16);
+            assert!(meta as usize <= limit);
         }
     }
 }
@@ -524,14 +578,14 @@ fn long_pairs_split_keeps_prompt_fixed_per_chunk() {
     let want = expected_pairs(&tok);
     let total: usize = want
         .iter()
-        .map(|p| (p.prompt.len() + p.answer.len()).div_ceil(14))
+        .map(|p| chunk_bounds(p.prompt.len() + p.answer.len(), 16).len())
         .sum();
     assert_eq!(f.n_blocks(), total);
     let first_chunks = f
         .blocks()
         .filter(|(b, m)| {
             want.iter()
-                .any(|p| b[1..].starts_with(&p.prompt) && *m as usize == 1 + p.prompt.len().min(14))
+                .any(|p| b[1..].starts_with(&p.prompt) && *m as usize == 1 + p.prompt.len().min(15))
         })
         .count();
     assert!(first_chunks >= 100);
@@ -996,4 +1050,34 @@ fn option_strings_parse_and_clap_args_map_to_options() {
         "blocks"
     ])
     .is_err());
+}
+
+#[test]
+fn entries_splitter_makes_headword_prompts() {
+    let text = "Licence header line\n\n\
+Abduce \\Ab*duce\"\\, v. t. [imp. & p. p. {Abduced}.]\n   To draw or conduct away. [Obs.]\n   [1913 Webster]\n\n\n         If we abduce the eye.\n\n\
+benchmark\n n.\n\n    [techspeak] An inaccurate measure.\n\n\
+Lonely \\Lone\"ly\\ adj.\n\n   \n";
+    let s: Splitter = "entries".parse().unwrap();
+    assert_eq!(s, Splitter::Entries);
+    assert_eq!(s.to_string(), "entries");
+    assert!(s.is_pair());
+    let d = split_documents(text, &s).unwrap();
+    assert_eq!(
+        d.docs,
+        vec![
+            RawDoc::Pair {
+                prompt: "Abduce \\Ab*duce\"\\, v. t. [imp. & p. p. {Abduced}.]".into(),
+                answer:
+                    "\nTo draw or conduct away. [Obs.]\n[1913 Webster]\n\nIf we abduce the eye."
+                        .into()
+            },
+            RawDoc::Pair {
+                prompt: "benchmark".into(),
+                answer: "\nn.\n\n[techspeak] An inaccurate measure.".into()
+            },
+        ]
+    );
+    // The licence line and the entry without a body have no answer.
+    assert_eq!(d.empty, 2);
 }

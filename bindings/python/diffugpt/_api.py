@@ -7,7 +7,7 @@ import operator
 import os
 import threading
 from contextlib import contextmanager
-from ctypes import byref, c_size_t, c_uint32, create_string_buffer
+from ctypes import byref, c_size_t, c_uint32, create_string_buffer, string_at
 from dataclasses import dataclass
 from typing import (
     Any,
@@ -89,6 +89,7 @@ _FLOAT = (
     "repetition_penalty",
     "predictor_value",
     "margin_ratio",
+    "end_floor",
 )
 _BOOL = ("grow", "ban_mask", "arm")
 
@@ -505,6 +506,7 @@ class Model:
         ban_mask: Optional[bool] = None,
         arm: Optional[bool] = None,
         memory_limit_bytes: Optional[int] = None,
+        end_floor: Optional[float] = None,
         on_step: Optional[StepCallback] = None,
         should_abort: Optional[AbortCallback] = None,
     ) -> Result:
@@ -532,6 +534,7 @@ class Model:
                     ban_mask=ban_mask,
                     arm=arm,
                     memory_limit_bytes=memory_limit_bytes,
+                    end_floor=end_floor,
                 ),
                 on_step,
                 should_abort,
@@ -616,6 +619,7 @@ class Session:
         ban_mask: Optional[bool] = None,
         arm: Optional[bool] = None,
         memory_limit_bytes: Optional[int] = None,
+        end_floor: Optional[float] = None,
         on_step: Optional[StepCallback] = None,
         should_abort: Optional[AbortCallback] = None,
     ) -> Result:
@@ -656,6 +660,7 @@ class Session:
                 ban_mask=ban_mask,
                 arm=arm,
                 memory_limit_bytes=memory_limit_bytes,
+                end_floor=end_floor,
             ),
             on_step,
             should_abort,
@@ -747,8 +752,10 @@ class Session:
         try:
             if errors:
                 raise errors[0]
+            # By length, not up to the first NUL: a generated NUL token is part of the text.
             raw = lib.dgpt_result_text(out)
-            result_text = raw.decode("utf-8", "replace") if raw else ""
+            n_bytes = lib.dgpt_result_text_len(out)
+            result_text = string_at(raw, n_bytes).decode("utf-8", "replace") if raw else ""
             n = c_size_t(0)
             p = lib.dgpt_result_tokens(out, byref(n))
             tokens = list(p[: n.value]) if n.value else []

@@ -71,6 +71,7 @@ class Status(enum.IntEnum):
     PANIC = 11
     ABI = 12
     ABORTED = 13
+    BUSY = 14
 
 
 class DiffuGPTError(Exception):
@@ -171,6 +172,7 @@ class dgpt_generate_params(Structure):
         ("abort_callback", dgpt_abort_callback),
         ("abort_user_data", c_void_p),
         ("memory_limit_bytes", c_uint64),
+        ("end_floor", c_float),
     ]
 
 
@@ -225,7 +227,8 @@ _SIGNATURES: Dict[str, Tuple[object, List[object]]] = {
             POINTER(dgpt_result_p),
         ],
     ),
-    "dgpt_result_text": (c_char_p, [dgpt_result_p]),
+    "dgpt_result_text": (ctypes.c_void_p, [dgpt_result_p]),
+    "dgpt_result_text_len": (c_size_t, [dgpt_result_p]),
     "dgpt_result_tokens": (POINTER(c_uint32), [dgpt_result_p, POINTER(c_size_t)]),
     "dgpt_result_stats": (dgpt_status, [dgpt_result_p, POINTER(dgpt_stats)]),
     "dgpt_result_free": (None, [dgpt_result_p]),

@@ -412,6 +412,12 @@ def test_bad_params(model):
         model.generate("Hello", strategy=99)
     assert e.value.status == Status.INVALID_ARG
 
+    with pytest.raises(DiffuGPTError) as e:
+        model.generate("Hello", end_floor=1.0)
+    assert e.value.status == Status.INVALID_ARG
+    assert "end floor" in e.value.message
+    assert model.generate("Hello", canvas_len=4, end_floor=0.0).stats.steps >= 1
+
     with pytest.raises(TypeError):
         model.generate("Hello", bogus=1)
     with model.session() as s, pytest.raises(TypeError):
@@ -551,3 +557,19 @@ def test_memory_limit_refuses_with_status(model):
     with pytest.raises(diffugpt.DiffuGPTError) as e:
         model.generate("Hello", canvas_len=8, memory_limit_bytes=100)
     assert e.value.status == diffugpt.Status.MEMORY
+
+
+@pytest.mark.skipif(
+    os.environ.get("DIFFUGPT_EXPECT_BUNDLED") != "1",
+    reason="only when installed by run_tests.sh (pip install, no DIFFUGPT_LIB)",
+)
+def test_pip_install_bundles_the_library(fixture_path):
+    # run_tests.sh installs with `pip install ./bindings/python` and unsets DIFFUGPT_LIB: the
+    # library must be the copy inside the installed package, not one found elsewhere.
+    assert "DIFFUGPT_LIB" not in os.environ
+    pkg = os.path.dirname(os.path.abspath(diffugpt.__file__))
+    lib = diffugpt.load_library()
+    assert os.path.dirname(os.path.abspath(lib.path)) == pkg, lib.path
+    assert "site-packages" in pkg, pkg
+    with diffugpt.Model.load(fixture_path) as m:
+        assert isinstance(m.generate("Hello", canvas_len=4).text, str)

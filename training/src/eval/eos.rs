@@ -108,8 +108,13 @@ pub const DEFAULT_PREDICTORS: &str = "argmax,threshold:0.5,quantile:0.5,quantile
 pub const QUANTILE_SWEEP: [f32; 12] = [
     0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99,
 ];
-/// Thresholds `tau` swept for the Pareto plot.
-pub const THRESHOLD_SWEEP: [f32; 11] = [0.95, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05];
+/// Thresholds `tau` swept for the Pareto plot. For a model fine-tuned on padded blocks (eos-pad,
+/// eos-eos) every slot after the end is an end id, so `p_end` at slot j reads as P(end <= j), the
+/// length's CDF, and `threshold:tau` is its tau-quantile: the upper bounds live at tau > 0.9,
+/// hence the fine steps there.
+pub const THRESHOLD_SWEEP: [f32; 16] = [
+    0.999, 0.995, 0.99, 0.98, 0.97, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05,
+];
 
 /// Rows of logits computed at once (a long canvas never holds all its rows of 50k floats).
 const LOGIT_CHUNK: usize = 32;
@@ -450,7 +455,8 @@ pub fn cases_from_file(
     (0..file.n_blocks().min(max))
         .filter_map(|i| {
             let meta = file.meta(i) as usize;
-            let e = file.end_position(i);
+            // A continuation block has no end to predict.
+            let e = file.end_position(i)?;
             // One draw per block whatever the policy, so the stream never shifts.
             let u = rng.below((e.saturating_sub(meta) + 1) as u64) as usize;
             let fixed = match policy {
@@ -519,6 +525,39 @@ pub fn predictions(scores: &[SlotScores], predictor: &LengthPredictor) -> Vec<En
     scores.iter().map(|s| s.prediction(predictor)).collect()
 }
 
+/// Why a case has no first-step input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Skip {
+    /// The true end is not inside the canvas (explicit canvas shorter than the answer).
+    EndOutsideCanvas,
+    /// BOS + visible + canvas exceeds the model's positions.
+    TooLong,
+}
+
+impl EosCase {
+    /// The first denoising step's input `[BOS] + visible + [MASK] * canvas` (canvas = `canvas` or
+    /// the rest of the block), with the number of leading visible positions and the canvas length.
+    pub fn first_step_input(
+        &self,
+        model: &Gpt2,
+        canvas: Option<usize>,
+    ) -> std::result::Result<(Vec<u32>, usize, usize), Skip> {
+        let c = canvas.unwrap_or(self.rest);
+        if self.true_end >= c {
+            return Err(Skip::EndOutsideCanvas);
+        }
+        let p_len = 1 + self.visible.len();
+        if p_len + c > model.cfg.n_positions {
+            return Err(Skip::TooLong);
+        }
+        let mut seq = Vec::with_capacity(p_len + c);
+        seq.push(model.ids.eos);
+        seq.extend_from_slice(&self.visible);
+        seq.resize(p_len + c, model.ids.mask);
+        Ok((seq, p_len, c))
+    }
+}
+
 /// The scored cases and the ones left out.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct FirstStep {
@@ -530,7 +569,8 @@ pub struct FirstStep {
 }
 
 /// The model's end ids: eos, and pad when it has one.
-fn end_ids(model: &Gpt2) -> Vec<u32> {
+/// The ids that count as an end: eos, and pad when the model has one.
+pub fn end_ids(model: &Gpt2) -> Vec<u32> {
     let mut v = vec![model.ids.eos];
     v.extend(model.ids.pad);
     v
@@ -545,6 +585,19 @@ fn slot_end_scores(
     p_len: usize,
     canvas: usize,
 ) -> Result<(Vec<f32>, Vec<bool>)> {
+    let (p_end, is_end, _) = slot_scores_and_hidden(model, sampler, seq, p_len, canvas)?;
+    Ok((p_end, is_end))
+}
+
+/// [`slot_end_scores`] and the final hidden states `[canvas, n_embd]` the slots are read from
+/// (the features of the learned end probe, [`crate::eval::probe`]).
+pub fn slot_scores_and_hidden(
+    model: &Gpt2,
+    sampler: &Sampler,
+    seq: &[u32],
+    p_len: usize,
+    canvas: usize,
+) -> Result<(Vec<f32>, Vec<bool>, Tensor)> {
     model.check_ids(seq, 0)?;
     let input = Tensor::from_slice(seq, (1, seq.len()), model.device())?;
     let hidden = model
@@ -566,7 +619,7 @@ fn slot_end_scores(
         }
         start += len;
     }
-    Ok((p_end, is_end))
+    Ok((p_end, is_end, rows))
 }
 
 /// Runs the first denoising step of every case: `[BOS] + visible + [MASK] * canvas` (canvas =
@@ -589,20 +642,17 @@ pub fn first_step_scores(
         if let Some(b) = bar {
             b.inc(1);
         }
-        let c = canvas.unwrap_or(case.rest);
-        if case.true_end >= c {
-            out.skipped_end_outside_canvas += 1;
-            continue;
-        }
-        let p_len = 1 + case.visible.len();
-        if p_len + c > model.cfg.n_positions {
-            out.skipped_too_long += 1;
-            continue;
-        }
-        let mut seq = Vec::with_capacity(p_len + c);
-        seq.push(model.ids.eos);
-        seq.extend_from_slice(&case.visible);
-        seq.resize(p_len + c, model.ids.mask);
+        let (seq, p_len, c) = match case.first_step_input(model, canvas) {
+            Ok(input) => input,
+            Err(Skip::EndOutsideCanvas) => {
+                out.skipped_end_outside_canvas += 1;
+                continue;
+            }
+            Err(Skip::TooLong) => {
+                out.skipped_too_long += 1;
+                continue;
+            }
+        };
         let (p_end, argmax_is_end) = slot_end_scores(model, &sampler, &seq, p_len, c)
             .with_context(|| format!("first step of case {i}"))?;
         out.scores.push(SlotScores {
@@ -754,13 +804,16 @@ pub struct GenerationOptions {
     pub margin: usize,
     pub margin_ratio: f32,
     pub grow: bool,
+    /// EoS-first end floor (see `diffugpt::length::length_floor`; 0 = off).
+    pub end_floor: f32,
     pub steps: Steps,
     /// Case `i` decodes with seed `seed + i`.
     pub seed: u64,
 }
 
 impl Default for GenerationOptions {
-    /// The core's EoS-first defaults: quantile 0.9, margin 8 / 25%, growth on, one step per token.
+    /// The core's EoS-first defaults: quantile 0.9, margin 8 / 25%, growth on, the default end
+    /// floor, one step per token.
     fn default() -> Self {
         GenerationOptions {
             canvas: None,
@@ -768,6 +821,7 @@ impl Default for GenerationOptions {
             margin: 8,
             margin_ratio: 0.25,
             grow: true,
+            end_floor: diffugpt::decode::DEFAULT_END_FLOOR,
             steps: Steps::PerToken(1.0),
             seed: 0,
         }
@@ -793,6 +847,7 @@ pub struct GenerationReport {
     pub margin: usize,
     pub margin_ratio: f32,
     pub grow: bool,
+    pub end_floor: f32,
     pub steps: String,
     pub modes: Vec<GenModeReport>,
     /// EoS-first forward passes / fixed-length forward passes (totals).
@@ -843,6 +898,7 @@ pub fn generation_metrics(
                 length: *length,
                 seed: opts.seed.wrapping_add(i as u64),
                 ban_mask: true,
+                end_floor: opts.end_floor,
                 ..GenerateParams::default()
             };
             let g = Session::new(model)
@@ -881,6 +937,7 @@ pub fn generation_metrics(
         margin: opts.margin,
         margin_ratio: opts.margin_ratio,
         grow: opts.grow,
+        end_floor: opts.end_floor,
         steps: match opts.steps {
             Steps::Fixed(n) => format!("{n}"),
             Steps::PerToken(r) => format!("{r} per token"),
@@ -953,6 +1010,9 @@ pub struct EosEvalArgs {
     /// EoS-first margin as a share of the prediction used with --generate.
     #[arg(long, default_value_t = 0.25)]
     pub margin_ratio: f32,
+    /// EoS-first end floor used with --generate (0 = off).
+    #[arg(long, default_value_t = diffugpt::decode::DEFAULT_END_FLOOR)]
+    pub end_floor: f32,
     /// Denoising steps per canvas token with --generate.
     #[arg(long, default_value_t = 1.0)]
     pub steps_per_token: f32,
@@ -977,6 +1037,7 @@ impl EosEvalArgs {
             gen_predictor: "quantile:0.9".into(),
             margin: 8,
             margin_ratio: 0.25,
+            end_floor: diffugpt::decode::DEFAULT_END_FLOOR,
             steps_per_token: 1.0,
         }
     }
@@ -1054,7 +1115,8 @@ pub struct EosReport {
     pub elapsed_s: f64,
 }
 
-fn sweep(
+/// `make(param)` for every param, summarized (the Pareto curves).
+pub fn sweep(
     scores: &[SlotScores],
     make: fn(f32) -> LengthPredictor,
     params: &[f32],
@@ -1181,6 +1243,7 @@ pub fn run(args: &EosEvalArgs) -> Result<()> {
             margin: args.margin,
             margin_ratio: args.margin_ratio,
             grow: true,
+            end_floor: args.end_floor,
             steps: Steps::PerToken(args.steps_per_token),
             seed: args.seed,
         };
@@ -1526,7 +1589,7 @@ fn markdown(r: &EosReport) -> String {
         s += "\n## Generation: fixed-length vs EoS-first decoding\n\n";
         s += &format!(
             "{} examples ({} skipped), greedy, confidence order, {} steps; EoS-first: {}, margin \
-             {} / {}%, growth {}. Padding zone = slots at or after the true end; slots cut by \
+             {} / {}%, growth {}, end floor {}. Padding zone = slots at or after the true end; slots cut by \
              EoS-first count as predicted end. EoS-first / fixed: forward passes x{}, positions \
              processed x{}.\n\n",
             g.examples,
@@ -1536,6 +1599,7 @@ fn markdown(r: &EosReport) -> String {
             g.margin,
             g.margin_ratio * 100.0,
             if g.grow { "on" } else { "off" },
+            g.end_floor,
             f3(g.forward_passes_ratio),
             f3(g.positions_ratio),
         );

@@ -162,7 +162,9 @@ pub fn split_passages(text: &str) -> Vec<String> {
 }
 
 /// A LAMBADA-style set from any text: passages ([`split_passages`]) lose trailing attribution
-/// lines (starting with `--`) and have their whitespace collapsed; the target is the last word
+/// lines (starting with `--`) and source tags (a line that is one `[...]`, as GCIDE's
+/// `[1913 Webster]` ending nearly every paragraph: kept, its `Webster` would be the target of most
+/// dictionary passages and measure nothing) and have their whitespace collapsed; the target is the last word
 /// with trailing punctuation removed (the passage ends right after it), kept only when it is
 /// alphabetic (inner `'` and `-` allowed) and at least 2 characters long, and when at least
 /// `min_context_words` words precede it. `n` of those candidates are drawn with the seeded
@@ -171,10 +173,10 @@ pub fn build_from_text(text: &str, n: usize, min_context_words: usize, seed: u64
     let mut candidates = Vec::new();
     for passage in split_passages(text) {
         let mut lines: Vec<&str> = passage.lines().collect();
-        while lines
-            .last()
-            .is_some_and(|l| l.trim_start().starts_with("--"))
-        {
+        while lines.last().is_some_and(|l| {
+            let l = l.trim();
+            l.starts_with("--") || (l.starts_with('[') && l.ends_with(']'))
+        }) {
             lines.pop();
         }
         let words: Vec<&str> = lines.iter().flat_map(|l| l.split_whitespace()).collect();
@@ -608,6 +610,14 @@ mod tests {
         assert!(all.contains(&one[0]));
         assert_eq!(build_from_text(text, 1, 10, 3), one, "seeded");
         assert!(build_from_text(text, 5, 100, 0).is_empty());
+        // Source tags on their own line go too, before or after an attribution.
+        let dict = "Lantern, n. Something inclosing a light and protecting it from wind.\n\
+                    [1913 Webster]\n\n\
+                    one two three four five six seven eight nine ten eleven of the lantern.\n\
+                    --Shak.\n [Obs.] \n";
+        let got = build_from_text(dict, 10, 5, 0);
+        let targets: Vec<&str> = got.iter().map(|p| p.target.as_str()).collect();
+        assert_eq!(targets, ["wind", "lantern"]);
     }
 
     #[test]

@@ -115,6 +115,9 @@ pub struct CompareArgs {
     /// EoS-first length predictor (argmax, threshold:T, quantile:Q)
     #[arg(long, default_value = "quantile:0.9")]
     pub predictor: String,
+    /// EoS-first end floor (0 = off)
+    #[arg(long, default_value_t = diffugpt::decode::DEFAULT_END_FLOOR)]
+    pub end_floor: f32,
     /// Noise levels of the answer scoring
     #[arg(long, default_value_t = 8)]
     pub levels: usize,
@@ -340,7 +343,9 @@ pub fn load_sequences(
             if out.len() >= max_seqs {
                 break;
             }
-            let len = (f.end_position(i) + 1).min(seq_len);
+            // A continuation block is text to its last position.
+            let last = f.end_position(i).unwrap_or(f.block_len() - 1);
+            let len = (last + 1).min(seq_len);
             let mut ids = f.block(i)[..len].to_vec();
             ids[0] = bos;
             let scored_from = match kind {
@@ -842,6 +847,8 @@ pub struct CompareReport {
     pub steps: usize,
     pub strategy: &'static str,
     pub predictor: String,
+    /// The end floor of both decodings.
+    pub end_floor: f32,
     pub levels: Vec<f64>,
     pub seed: u64,
     #[serde(flatten)]
@@ -871,6 +878,7 @@ pub fn run_compare(a: &CompareArgs) -> Result<()> {
         canvas_len: a.canvas,
         steps: Steps::Fixed(a.steps),
         seed: a.seed,
+        end_floor: a.end_floor,
         ..Default::default()
     };
     let eos_first = LengthMode::EosFirst {
@@ -908,6 +916,7 @@ pub fn run_compare(a: &CompareArgs) -> Result<()> {
             Strategy::Confidence(_) => "confidence",
         },
         predictor: predictor.label(),
+        end_floor: a.end_floor,
         levels,
         seed: a.seed,
         summary,
@@ -928,7 +937,7 @@ fn compare_markdown(r: &CompareReport) -> String {
     let s_ = &r.summary;
     let mut s = String::from("# EoS-first vs fixed-length outputs\n\n");
     s += &format!(
-        "Model: `{}`  \nPrompts: `{}` ({})  \nCanvas {}, {} steps, {} reveal, predictor {}, {} noise levels, seed {}\n\n",
+        "Model: `{}`  \nPrompts: `{}` ({})  \nCanvas {}, {} steps, {} reveal, predictor {}, end floor {}, {} noise levels, seed {}\n\n",
         r.model.display(),
         r.prompts_file.display(),
         s_.n_prompts,
@@ -936,6 +945,7 @@ fn compare_markdown(r: &CompareReport) -> String {
         r.steps,
         r.strategy,
         r.predictor,
+        r.end_floor,
         r.levels.len(),
         r.seed
     );

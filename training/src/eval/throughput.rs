@@ -42,6 +42,9 @@ pub struct ThroughputArgs {
     /// grow back to the full canvas)
     #[arg(long)]
     pub no_grow: bool,
+    /// EoS-first end floor (0 = off)
+    #[arg(long, default_value_t = diffugpt::decode::DEFAULT_END_FLOOR)]
+    pub end_floor: f32,
     #[arg(long, default_value_t = 16)]
     pub max_examples: usize,
     #[arg(long, default_value_t = 0)]
@@ -67,6 +70,8 @@ pub struct ThroughputReport {
     pub model: PathBuf,
     pub data: PathBuf,
     pub predictor: String,
+    /// The end floor of both decodings.
+    pub end_floor: f32,
     pub mean_true_answer_len: f64,
     pub canvas: usize,
     pub fixed: ModeTotals,
@@ -120,6 +125,7 @@ pub fn run(a: &ThroughputArgs) -> Result<ThroughputReport> {
                 steps: Steps::PerToken(a.steps_per_token),
                 length,
                 seed: a.seed + i as u64,
+                end_floor: a.end_floor,
                 ..Default::default()
             };
             let t = Instant::now();
@@ -146,6 +152,7 @@ pub fn run(a: &ThroughputArgs) -> Result<ThroughputReport> {
         } else {
             predictor.label()
         },
+        end_floor: a.end_floor,
         mean_true_answer_len: true_len_sum as f64 / fixed.examples.max(1) as f64,
         canvas: canvas_used,
         speedup: eos.useful_tokens_per_s / fixed.useful_tokens_per_s.max(1e-12),

@@ -85,5 +85,6 @@ pub fn config(
         keep_last: 2,
         seed: 3,
         out_dir: out.to_path_buf(),
+        backend: Default::default(),
     }
 }
