@@ -61,16 +61,23 @@ pub fn forward_once(model: &Gpt2, t: usize, logit_rows: usize) -> Result<()> {
 /// fused multiply-add counts as two operations): the ceiling of any f32 forward on this machine,
 /// printed beside the forward rows so that their GFLOP/s read as a share of what the CPU can do.
 /// Twelve independent accumulator chains per thread (more than latency x pipes on current x86
-/// cores), AVX-512 where the CPU has it, else AVX2+FMA; best of seven runs of ~30 ms (on a shared
+/// cores), with the registers of the kernels that run ([`crate::cpu_gemm::isa`]: 16 lanes for
+/// AVX-512, 8 for AVX2+FMA, so that a forced AVX2 path on an AVX-512 CPU is measured against the
+/// AVX2 peak; the generic path against the widest the CPU has); best of seven runs of ~30 ms (on a shared
 /// host one descheduled thread drags a whole run down: three were seen to all read half the
 /// peak). `None` off x86-64 or without FMA.
 pub fn fma_peak_gflops() -> Option<f64> {
     #[cfg(target_arch = "x86_64")]
     {
-        let (avx512, fma) = (
-            std::is_x86_feature_detected!("avx512f"),
-            std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"),
-        );
+        use crate::cpu_gemm::Isa;
+        let (avx512, fma) = match crate::cpu_gemm::isa() {
+            Isa::Avx512 => (true, true),
+            Isa::Avx2 => (false, true),
+            Isa::Generic => (
+                std::is_x86_feature_detected!("avx512f"),
+                std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"),
+            ),
+        };
         if !avx512 && !fma {
             return None;
         }

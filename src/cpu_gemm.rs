@@ -30,49 +30,95 @@
 
 use rayon::prelude::*;
 
-/// The environment variable that forces a CPU kernel path: `auto` (default: the AVX-512 kernels
-/// where the CPU has them), `generic` (candle's GEMM and the portable row kernels, as on a CPU
-/// without AVX-512), `avx512` (as `auto`, with a note on stderr when the CPU lacks AVX-512).
-/// Read once per process; it lets the tests run every path on whatever machine CI has.
+/// The environment variable that forces a CPU kernel path: `auto` (default: the widest
+/// instruction set the CPU has), `avx512`, `avx2` (the AVX2+FMA kernels, also on an AVX-512
+/// CPU), `generic` (candle's GEMM and the portable row kernels, as on a CPU without AVX2).
+/// Asking for more than the CPU has falls back to the best it has, with a note on stderr. Read
+/// once per process; it lets the tests run every path on whatever machine CI has.
 pub const KERNELS_ENV: &str = "DIFFUGPT_CPU_KERNELS";
 
-/// Whether the AVX-512 kernels run: the CPU has them and [`KERNELS_ENV`] does not force the
-/// generic path. The one switch for the CPU forward's kernels (weight packing, projections, head,
-/// row kernels).
-pub fn available() -> bool {
-    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *AVAILABLE.get_or_init(|| {
-        let detected = detected();
-        match std::env::var(KERNELS_ENV).as_deref() {
-            Err(_) | Ok("") | Ok("auto") => detected,
-            Ok("generic") => false,
-            Ok("avx512") => {
-                if !detected {
-                    eprintln!(
-                        "note: {KERNELS_ENV}=avx512 but this CPU has no AVX-512: generic kernels"
-                    );
-                }
-                detected
-            }
+/// The instruction set the CPU kernels run with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Isa {
+    /// No kernels of our own: candle's GEMM and the portable row kernels.
+    Generic,
+    /// 256-bit AVX2 with FMA (every x86-64 CPU since Haswell / Zen 1, and AVX-512 CPUs that a
+    /// hypervisor shows without it).
+    Avx2,
+    /// AVX-512F.
+    Avx512,
+}
+
+impl Isa {
+    /// The name [`KERNELS_ENV`] takes and reports print.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Generic => "generic",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+        }
+    }
+
+    /// Every instruction set this CPU can run, narrowest first (`Generic` always).
+    pub fn supported() -> Vec<Isa> {
+        [Isa::Generic, Isa::Avx2, Isa::Avx512]
+            .into_iter()
+            .filter(|&i| i <= detected())
+            .collect()
+    }
+}
+
+/// The kernels' instruction set for this process: the widest the CPU has, or what
+/// [`KERNELS_ENV`] asks for (never more than the CPU has). The one switch for the CPU forward's
+/// kernels (weight packing, projections, head, attention products, row kernels).
+pub fn isa() -> Isa {
+    static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+    *ISA.get_or_init(|| {
+        let best = detected();
+        let want = match std::env::var(KERNELS_ENV).as_deref() {
+            Err(_) | Ok("") | Ok("auto") => best,
+            Ok("generic") => Isa::Generic,
+            Ok("avx2") => Isa::Avx2,
+            Ok("avx512") => Isa::Avx512,
             Ok(other) => {
                 eprintln!(
-                    "note: {KERNELS_ENV}={other:?} is not one of auto, generic, avx512: using auto"
+                    "note: {KERNELS_ENV}={other:?} is not one of auto, generic, avx2, avx512: using auto"
                 );
-                detected
+                best
             }
+        };
+        if want > best {
+            eprintln!(
+                "note: {KERNELS_ENV}={} but this CPU's widest is {}: using {}",
+                want.name(),
+                best.name(),
+                best.name()
+            );
         }
+        want.min(best)
     })
 }
 
-/// Whether this CPU has the AVX-512 the kernels are compiled for.
-fn detected() -> bool {
+/// Whether the kernels of this module run ([`isa`] is not `Generic`).
+pub fn available() -> bool {
+    isa() != Isa::Generic
+}
+
+/// The widest instruction set this CPU has that the kernels are written for.
+fn detected() -> Isa {
     #[cfg(target_arch = "x86_64")]
     {
-        std::is_x86_feature_detected!("avx512f")
+        if std::is_x86_feature_detected!("avx512f") {
+            Isa::Avx512
+        } else if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            Isa::Avx2
+        } else {
+            Isa::Generic
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        false
+        Isa::Generic
     }
 }
 
@@ -81,10 +127,8 @@ fn detected() -> bool {
 /// on these kernels win. (Crate-private: cbindgen would otherwise export it into the C header.)
 pub(crate) const MIN_ROWS: usize = 4;
 
-/// Output columns per strip of [`matmul_nn`] (two 16-lane registers).
+/// Output columns per strip of [`matmul_nn`] (two AVX-512 registers, four AVX2 ones).
 const NR: usize = 32;
-/// Activation rows per register block of [`matmul_nn`].
-const MR: usize = 8;
 
 /// From this many rows on, [`matmul_nn`] and [`matmul_nt`] take the cache-blocked path
 /// ([`packed`]): with many rows the in-place kernels' partial sums (`M` x the task's columns)
@@ -97,6 +141,26 @@ const NC: usize = 4 * NR;
 /// partial sums.
 const KC_PACK: usize = 256;
 
+/// Runs a generic driver of [`drivers`] with the register kernels of `isa`. Off x86-64 only
+/// `Generic` exists, which never reaches a driver (the entry points check [`runnable`]).
+macro_rules! with_kernels {
+    ($isa:expr, $f:ident ( $($a:expr),* $(,)? )) => {
+        match $isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => drivers::$f::<x86::Avx512>($($a),*),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => drivers::$f::<x86::Avx2>($($a),*),
+            other => unreachable!("no {} kernels on this target", other.name()),
+        }
+    };
+}
+
+/// Whether `isa` has kernels and this CPU can run them: the check that keeps every unsafe
+/// kernel below from executing instructions the CPU lacks.
+fn runnable(isa: Isa) -> bool {
+    isa != Isa::Generic && isa <= detected()
+}
+
 /// The cache-blocked product for many rows: per panel of `NC` output columns and block of
 /// `KC_PACK` weight rows, the weights are copied once into a contiguous `[KC_PACK, NC]` block
 /// (transposed on the way for `nt`, the head's `[N, K]` rows), then every block of `MR`
@@ -104,6 +168,7 @@ const KC_PACK: usize = 256;
 /// L1. The partial sums of the panel (`M x NC`) stay in L2 between depth blocks.
 #[allow(clippy::too_many_arguments)]
 fn packed(
+    isa: Isa,
     x: &[f32],
     w: &[f32],
     nt: bool,
@@ -119,20 +184,23 @@ fn packed(
         |buf, panel| {
             let o = optr;
             let c0 = panel * NC;
-            // SAFETY: AVX-512 checked by the callers; this task alone writes columns
+            // SAFETY: `runnable(isa)` checked by the callers; this task alone writes columns
             // c0..c0+NC; all reads stay inside the asserted sizes.
             unsafe {
-                x86::panel(
-                    x,
-                    x86::Source::Plain { w, nt },
-                    bias,
-                    o.0,
-                    m,
-                    k,
-                    n,
-                    c0,
-                    NC.min(n - c0),
-                    buf,
+                with_kernels!(
+                    isa,
+                    panel(
+                        x,
+                        Source::Plain { w, nt },
+                        bias,
+                        o.0,
+                        m,
+                        k,
+                        n,
+                        c0,
+                        NC.min(n - c0),
+                        buf
+                    )
                 )
             };
         },
@@ -145,10 +213,12 @@ struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
-/// The checks every entry point makes before its unsafe kernels run: AVX-512 present, each slice
-/// of the stated size (`w_len`: what the weight's layout needs for `k` x `n`).
+/// The checks every entry point makes before its unsafe kernels run: kernels for `isa` that
+/// this CPU can run, each slice of the stated size (`w_len`: what the weight's layout needs for
+/// `k` x `n`).
 #[allow(clippy::too_many_arguments)]
 fn check_args(
+    isa: Isa,
     what: &str,
     x: &[f32],
     w: &[f32],
@@ -159,7 +229,11 @@ fn check_args(
     k: usize,
     n: usize,
 ) {
-    assert!(available(), "{what} needs AVX-512");
+    assert!(
+        runnable(isa),
+        "{what}: this CPU cannot run the {} kernels",
+        isa.name()
+    );
     assert_eq!(x.len(), m * k);
     assert_eq!(w.len(), w_len);
     assert_eq!(out.len(), m * n);
@@ -171,7 +245,7 @@ fn check_args(
 /// `out[M, N] = x[M, K] @ w[K, N] (+ bias[N])`, all row-major and contiguous.
 ///
 /// # Panics
-/// If the slices do not have the stated sizes or the CPU lacks AVX-512 (check [`available`]).
+/// If the slices do not have the stated sizes or no kernels run here (check [`available`]).
 pub fn matmul_nn(
     x: &[f32],
     w: &[f32],
@@ -181,9 +255,24 @@ pub fn matmul_nn(
     k: usize,
     n: usize,
 ) {
-    check_args("matmul_nn", x, w, k * n, bias, out, m, k, n);
+    matmul_nn_with(isa(), x, w, bias, out, m, k, n)
+}
+
+/// [`matmul_nn`] with the kernels of `isa` (tests run every one the CPU has).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_nn_with(
+    isa: Isa,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) {
+    check_args(isa, "matmul_nn", x, w, k * n, bias, out, m, k, n);
     if m >= PACK_MIN_ROWS {
-        packed(x, w, false, bias, out, m, k, n);
+        packed(isa, x, w, false, bias, out, m, k, n);
         return;
     }
     let strips = n.div_ceil(NR);
@@ -196,9 +285,14 @@ pub fn matmul_nn(
             let o = optr;
             let s0 = task * per_task;
             let s1 = ((task + 1) * per_task).min(strips);
-            // SAFETY: AVX-512 checked above; indices stay inside the asserted sizes; this task
+            // SAFETY: kernels checked above; indices stay inside the asserted sizes; this task
             // alone writes columns s0*NR..min(s1*NR, n).
-            unsafe { x86::columns_nn(x, w, bias, o.0, m, k, n, s0 * NR, (s1 * NR).min(n)) };
+            unsafe {
+                with_kernels!(
+                    isa,
+                    columns_nn(x, w, bias, o.0, m, k, n, s0 * NR, (s1 * NR).min(n))
+                )
+            };
         });
 }
 
@@ -208,9 +302,22 @@ pub fn matmul_nn(
 /// # Panics
 /// As [`matmul_nn`].
 pub fn matmul_nn_serial(x: &[f32], w: &[f32], out: &mut [f32], m: usize, k: usize, n: usize) {
-    check_args("matmul_nn_serial", x, w, k * n, None, out, m, k, n);
-    // SAFETY: AVX-512 checked; sizes asserted; `out` is exclusively borrowed.
-    unsafe { x86::columns_nn(x, w, None, out.as_mut_ptr(), m, k, n, 0, n) };
+    matmul_nn_serial_with(isa(), x, w, out, m, k, n)
+}
+
+/// [`matmul_nn_serial`] with the kernels of `isa`.
+pub fn matmul_nn_serial_with(
+    isa: Isa,
+    x: &[f32],
+    w: &[f32],
+    out: &mut [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) {
+    check_args(isa, "matmul_nn_serial", x, w, k * n, None, out, m, k, n);
+    // SAFETY: kernels checked; sizes asserted; `out` is exclusively borrowed.
+    unsafe { with_kernels!(isa, columns_nn(x, w, None, out.as_mut_ptr(), m, k, n, 0, n)) };
 }
 
 /// Columns per strip of the pre-packed layout ([`pack_nn`]). (Crate-private: cbindgen.)
@@ -262,11 +369,11 @@ pub fn unpack_nn(p: &[f32], k: usize, n: usize) -> Vec<f32> {
 ///
 /// Below `PACK_MIN_ROWS` (128) rows each register block runs over all of `K` against one contiguous
 /// strip (no partial sums through memory); from there on the cache-blocked path runs as for
-/// [`matmul_nn`], minus the copy. Both add the products in the same order as [`matmul_nn`], so
-/// the results are bitwise equal to it (tested).
+/// [`matmul_nn`], minus the copy. Both add the products in the same order as [`matmul_nn`] with
+/// the same kernels, so the results are bitwise equal to it (tested).
 ///
 /// # Panics
-/// If the slices do not have the stated sizes or the CPU lacks AVX-512 (check [`available`]).
+/// If the slices do not have the stated sizes or no kernels run here (check [`available`]).
 pub fn matmul_prepacked(
     x: &[f32],
     wp: &[f32],
@@ -276,7 +383,23 @@ pub fn matmul_prepacked(
     k: usize,
     n: usize,
 ) {
+    matmul_prepacked_with(isa(), x, wp, bias, out, m, k, n)
+}
+
+/// [`matmul_prepacked`] with the kernels of `isa`.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_prepacked_with(
+    isa: Isa,
+    x: &[f32],
+    wp: &[f32],
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) {
     check_args(
+        isa,
         "matmul_prepacked",
         x,
         wp,
@@ -294,17 +417,20 @@ pub fn matmul_prepacked(
             let c0 = panel * NC;
             // SAFETY: as in `packed`; no copy buffer is needed for pre-packed weights.
             unsafe {
-                x86::panel(
-                    x,
-                    x86::Source::Prepacked(wp),
-                    bias,
-                    o.0,
-                    m,
-                    k,
-                    n,
-                    c0,
-                    NC.min(n - c0),
-                    &mut [],
+                with_kernels!(
+                    isa,
+                    panel(
+                        x,
+                        Source::Prepacked(wp),
+                        bias,
+                        o.0,
+                        m,
+                        k,
+                        n,
+                        c0,
+                        NC.min(n - c0),
+                        &mut []
+                    )
                 )
             };
         });
@@ -321,20 +447,33 @@ pub fn matmul_prepacked(
             let o = optr;
             let s0 = task * per_task;
             let s1 = ((task + 1) * per_task).min(strips);
-            // SAFETY: AVX-512 checked above; sizes asserted; this task alone writes columns
+            // SAFETY: kernels checked above; sizes asserted; this task alone writes columns
             // s0*NR..min(s1*NR, n).
-            unsafe { x86::strips_prepacked(x, wp, bias, o.0, m, k, n, s0, s1) };
+            unsafe { with_kernels!(isa, strips_prepacked(x, wp, bias, o.0, m, k, n, s0, s1)) };
         });
 }
 
 /// `out[M, N] = x[M, K] @ w[N, K]^T`, all row-major and contiguous.
 ///
 /// # Panics
-/// If the slices do not have the stated sizes or the CPU lacks AVX-512 (check [`available`]).
+/// If the slices do not have the stated sizes or no kernels run here (check [`available`]).
 pub fn matmul_nt(x: &[f32], w: &[f32], out: &mut [f32], m: usize, k: usize, n: usize) {
-    check_args("matmul_nt", x, w, n * k, None, out, m, k, n);
+    matmul_nt_with(isa(), x, w, out, m, k, n)
+}
+
+/// [`matmul_nt`] with the kernels of `isa`.
+pub fn matmul_nt_with(
+    isa: Isa,
+    x: &[f32],
+    w: &[f32],
+    out: &mut [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) {
+    check_args(isa, "matmul_nt", x, w, n * k, None, out, m, k, n);
     if m >= PACK_MIN_ROWS {
-        packed(x, w, true, None, out, m, k, n);
+        packed(isa, x, w, true, None, out, m, k, n);
         return;
     }
     const NB: usize = 256;
@@ -343,31 +482,78 @@ pub fn matmul_nt(x: &[f32], w: &[f32], out: &mut [f32], m: usize, k: usize, n: u
         let o = optr;
         let n0 = blk * NB;
         // SAFETY: as in matmul_nn; this task alone writes columns n0..n0+NB.
-        unsafe { x86::block_nt(x, w, o.0, m, k, n, n0, NB.min(n - n0)) };
+        unsafe { with_kernels!(isa, block_nt(x, w, o.0, m, k, n, n0, NB.min(n - n0))) };
     });
 }
 
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use super::{KC_PACK, MR, NC, NR};
-    use std::arch::x86_64::*;
+/// Where [`drivers::panel`] finds its weights.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    /// `[K, N]` (`nt`: `[N, K]`) as stored; each depth block is copied into the panel's
+    /// buffer first.
+    Plain { w: &'a [f32], nt: bool },
+    /// [`pack_nn`]'s layout, read in place.
+    Prepacked(&'a [f32]),
+}
 
-    /// Where [`panel`] finds its weights.
-    #[derive(Clone, Copy)]
-    pub enum Source<'a> {
-        /// `[K, N]` (`nt`: `[N, K]`) as stored; each depth block is copied into the panel's
-        /// buffer first.
-        Plain { w: &'a [f32], nt: bool },
-        /// [`super::pack_nn`]'s layout, read in place.
-        Prepacked(&'a [f32]),
-    }
+/// The register kernels of one instruction set, behind the cache-level loops of [`drivers`]:
+/// the loops decide which block of `x` meets which block of weights; these multiply them.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+trait Kernels {
+    /// Activation rows per register block of [`Kernels::micro`].
+    const MR: usize;
+    /// Rows and vocabulary entries per register block of [`Kernels::tile_nt`].
+    const NT_R: usize;
+    const NT_C: usize;
+
+    /// `rows` (1..=`MR`) rows of `x` (`xp`, row stride `ldx`) times `kc` rows of a strip of
+    /// `cols` (1..=32) weight columns (`wp`, row stride `ldw`) into `out` (row stride `ldo`),
+    /// adding to what `out` holds when `accumulate`, else starting from `bias` (or zero). Reads
+    /// no weight, bias or output column at or beyond `cols`.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn micro(
+        rows: usize,
+        xp: *const f32,
+        ldx: usize,
+        wp: *const f32,
+        ldw: usize,
+        out: *mut f32,
+        ldo: usize,
+        kc: usize,
+        accumulate: bool,
+        bias: Option<*const f32>,
+        cols: usize,
+    );
+
+    /// `out[r, c] = x[r, :] . w[c, :]` for the `NT_R x NT_C` tile at (`r0`, `c0`) when `full`,
+    /// else for the single entry there.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile_nt(
+        full: bool,
+        x: &[f32],
+        w: &[f32],
+        out: *mut f32,
+        k: usize,
+        n: usize,
+        r0: usize,
+        c0: usize,
+    );
+}
+
+/// The cache-level loops, one copy for every instruction set: which rows of `x` meet which block
+/// of weights, in which order, and what is prefetched; the arithmetic is `K`'s. Each register
+/// block is a whole depth block or all of `K` (tens of microseconds of work), so the call into
+/// `K`'s kernels costs nothing measurable.
+#[cfg(target_arch = "x86_64")]
+mod drivers {
+    use super::{Kernels, Source, KC_PACK, NC, NR};
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
 
     /// Strips `s0..s1` of `x @ w` for pre-packed `w`, all `m` rows: each register block runs
     /// over all of `K` against the strip, which streams from memory once for the first block and
     /// is re-read from L2 by the others.
-    #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
-    pub unsafe fn strips_prepacked(
+    pub unsafe fn strips_prepacked<K: Kernels>(
         x: &[f32],
         wp: &[f32],
         bias: Option<&[f32]>,
@@ -380,12 +566,12 @@ mod x86 {
     ) {
         for s in s0..s1 {
             let n0 = s * NR;
-            let (m0, m1) = strip_masks(NR.min(n - n0));
+            let cols = NR.min(n - n0);
             let wstrip = wp.as_ptr().add(s * k * NR);
             let mut r = 0;
             while r < m {
-                let rows = MR.min(m - r);
-                micro_rows(
+                let rows = K::MR.min(m - r);
+                K::micro(
                     rows,
                     x.as_ptr().add(r * k),
                     k,
@@ -396,29 +582,11 @@ mod x86 {
                     k,
                     false,
                     bias.map(|b| b.as_ptr().add(n0)),
-                    m0,
-                    m1,
+                    cols,
                 );
                 r += rows;
             }
         }
-    }
-
-    /// Masks of the two 16-lane halves of a strip with `cols <= 32` columns.
-    fn strip_masks(cols: usize) -> (__mmask16, __mmask16) {
-        let m0 = if cols >= 16 {
-            0xffff
-        } else {
-            ((1u32 << cols) - 1) as u16
-        };
-        let m1 = if cols <= 16 {
-            0
-        } else if cols >= 32 {
-            0xffff
-        } else {
-            ((1u32 << (cols - 16)) - 1) as u16
-        };
-        (m0, m1)
     }
 
     /// Output columns `c0..c1` (whole strips but the last), all `m` rows.
@@ -427,9 +595,8 @@ mod x86 {
     /// set of long contiguous runs, which the hardware prefetcher streams from DRAM at full
     /// speed (a 32-column strip over all of `K` would be 128-byte pieces 4*N bytes apart, and
     /// runs at a fraction of it). The partial sums live in `out` between blocks (L2-resident).
-    #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
-    pub unsafe fn columns_nn(
+    pub unsafe fn columns_nn<K: Kernels>(
         x: &[f32],
         w: &[f32],
         bias: Option<&[f32]>,
@@ -464,12 +631,11 @@ mod x86 {
                     line += 1;
                 }
                 let cols = NR.min(c1 - n0);
-                let (m0, m1) = strip_masks(cols);
                 let wp = w.as_ptr().add(kb * n + n0);
                 let mut r = 0;
                 while r < m {
-                    let rows = MR.min(m - r);
-                    micro_rows(
+                    let rows = K::MR.min(m - r);
+                    K::micro(
                         rows,
                         x.as_ptr().add(r * k + kb),
                         k,
@@ -480,8 +646,7 @@ mod x86 {
                         kc,
                         kb > 0,
                         bias.map(|b| b.as_ptr().add(n0)),
-                        m0,
-                        m1,
+                        cols,
                     );
                     r += rows;
                 }
@@ -491,95 +656,9 @@ mod x86 {
         }
     }
 
-    /// [`micro`] for `rows` (1..=`MR`) rows: the one place that turns a run-time row count into
-    /// the register block's compile-time one.
-    #[target_feature(enable = "avx512f")]
-    #[allow(clippy::too_many_arguments)]
-    #[inline]
-    unsafe fn micro_rows(
-        rows: usize,
-        xp: *const f32,
-        ldx: usize,
-        wp: *const f32,
-        ldw: usize,
-        out: *mut f32,
-        ldo: usize,
-        kc: usize,
-        accumulate: bool,
-        bias: Option<*const f32>,
-        m0: __mmask16,
-        m1: __mmask16,
-    ) {
-        debug_assert!((1..=MR).contains(&rows));
-        macro_rules! go {
-            ($R:literal) => {
-                micro::<$R>(xp, ldx, wp, ldw, out, ldo, kc, accumulate, bias, m0, m1)
-            };
-        }
-        match rows {
-            8 => go!(8),
-            7 => go!(7),
-            6 => go!(6),
-            5 => go!(5),
-            4 => go!(4),
-            3 => go!(3),
-            2 => go!(2),
-            _ => go!(1),
-        }
-    }
-
-    /// The register block: `R` rows of `x` (`xp`, row stride `ldx`) times `kc` rows of a
-    /// 32-column weight strip (`wp`, row stride `ldw`) into `out` (row stride `ldo`), adding
-    /// to what `out` holds when `accumulate`, else starting from `bias` (or zero).
-    #[target_feature(enable = "avx512f")]
-    #[allow(clippy::too_many_arguments)]
-    #[inline]
-    unsafe fn micro<const R: usize>(
-        xp: *const f32,
-        ldx: usize,
-        mut wp: *const f32,
-        ldw: usize,
-        out: *mut f32,
-        ldo: usize,
-        kc: usize,
-        accumulate: bool,
-        bias: Option<*const f32>,
-        m0: __mmask16,
-        m1: __mmask16,
-    ) {
-        let mut acc0 = [_mm512_setzero_ps(); R];
-        let mut acc1 = [_mm512_setzero_ps(); R];
-        for i in 0..R {
-            let o = out.add(i * ldo);
-            if accumulate {
-                acc0[i] = _mm512_maskz_loadu_ps(m0, o);
-                acc1[i] = _mm512_maskz_loadu_ps(m1, o.add(16));
-            } else if let Some(b) = bias {
-                acc0[i] = _mm512_maskz_loadu_ps(m0, b);
-                acc1[i] = _mm512_maskz_loadu_ps(m1, b.add(16));
-            }
-        }
-        for kk in 0..kc {
-            let w0 = _mm512_maskz_loadu_ps(m0, wp);
-            let w1 = _mm512_maskz_loadu_ps(m1, wp.add(16));
-            for i in 0..R {
-                let a = _mm512_set1_ps(*xp.add(i * ldx + kk));
-                acc0[i] = _mm512_fmadd_ps(a, w0, acc0[i]);
-                acc1[i] = _mm512_fmadd_ps(a, w1, acc1[i]);
-            }
-            wp = wp.add(ldw);
-        }
-        for i in 0..R {
-            let o = out.add(i * ldo);
-            _mm512_mask_storeu_ps(o, m0, acc0[i]);
-            _mm512_mask_storeu_ps(o.add(16), m1, acc1[i]);
-        }
-    }
-
     /// One panel of [`super::packed`]: output columns `c0..c0+cols` (`cols <= NC`), all rows.
-    #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
-    pub unsafe fn panel(
+    pub unsafe fn panel<K: Kernels>(
         x: &[f32],
         src: Source<'_>,
         bias: Option<&[f32]>,
@@ -634,15 +713,26 @@ mod x86 {
             }
             let mut r = 0;
             while r < m {
-                let rows = MR.min(m - r);
+                let rows = K::MR.min(m - r);
                 let xp = x.as_ptr().add(r * k + kb);
                 let mut s0 = 0;
                 while s0 < cols {
-                    let (m0, m1) = strip_masks(NR.min(cols - s0));
                     let wp = wbase.add(s0 * strip_step);
                     let op = out.add(r * n + c0 + s0);
                     let b = bias.map(|b| b.as_ptr().add(c0 + s0));
-                    micro_rows(rows, xp, k, wp, ldw, op, n, kc, kb > 0, b, m0, m1);
+                    K::micro(
+                        rows,
+                        xp,
+                        k,
+                        wp,
+                        ldw,
+                        op,
+                        n,
+                        kc,
+                        kb > 0,
+                        b,
+                        NR.min(cols - s0),
+                    );
                     s0 += NR;
                 }
                 r += rows;
@@ -652,9 +742,8 @@ mod x86 {
     }
 
     /// Output columns `n0..n0+cols` of `x @ w^T` for all `m` rows.
-    #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
-    pub unsafe fn block_nt(
+    pub unsafe fn block_nt<K: Kernels>(
         x: &[f32],
         w: &[f32],
         out: *mut f32,
@@ -664,15 +753,16 @@ mod x86 {
         n0: usize,
         cols: usize,
     ) {
+        let (tr, tc) = (K::NT_R, K::NT_C);
         let mut c = 0;
         while c < cols {
-            let nc = 4.min(cols - c);
-            // Prefetch the next group's vocabulary rows (4 x k floats, contiguous) a share per
+            let nc = tc.min(cols - c);
+            // Prefetch the next group's vocabulary rows (tc x k floats, contiguous) a share per
             // row tile, so the head streams from DRAM while this group computes.
             let next = (c + nc).min(cols);
-            let next_n = 4.min(cols - next);
+            let next_n = tc.min(cols - next);
             let lines = (next_n * k).div_ceil(16);
-            let tiles = m.div_ceil(4);
+            let tiles = m.div_ceil(tr);
             let per_tile = lines.div_ceil(tiles.max(1));
             let pbase = w.as_ptr().add((n0 + next) * k);
             let mut line = 0;
@@ -684,13 +774,13 @@ mod x86 {
                         line += 1;
                     }
                 }
-                let nr = 4.min(m - r);
-                if nr == 4 && nc == 4 {
-                    tile_nt::<4, 4>(x, w, out, k, n, r, n0 + c);
+                let nr = tr.min(m - r);
+                if nr == tr && nc == tc {
+                    K::tile_nt(true, x, w, out, k, n, r, n0 + c);
                 } else {
                     for i in 0..nr {
                         for j in 0..nc {
-                            tile_nt::<1, 1>(x, w, out, k, n, r + i, n0 + c + j);
+                            K::tile_nt(false, x, w, out, k, n, r + i, n0 + c + j);
                         }
                     }
                 }
@@ -699,171 +789,501 @@ mod x86 {
             c += nc;
         }
     }
-
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    #[allow(clippy::needless_range_loop)] // parallel register arrays, indexed in step
-    unsafe fn tile_nt<const R: usize, const C: usize>(
-        x: &[f32],
-        w: &[f32],
-        out: *mut f32,
-        k: usize,
-        n: usize,
-        r0: usize,
-        c0: usize,
-    ) {
-        let mut acc = [[_mm512_setzero_ps(); C]; R];
-        let xp = x.as_ptr().add(r0 * k);
-        let wp = w.as_ptr().add(c0 * k);
-        // Whole 16-lane chunks with plain loads (a mask computed per chunk cost ~10% of the
-        // head at 64 rows), then the remainder, if any, masked.
-        let full = k - k % 16;
-        let mut kk = 0;
-        while kk < full {
-            let mut wv = [_mm512_setzero_ps(); C];
-            for j in 0..C {
-                wv[j] = _mm512_loadu_ps(wp.add(j * k + kk));
-            }
-            for i in 0..R {
-                let xv = _mm512_loadu_ps(xp.add(i * k + kk));
-                for j in 0..C {
-                    acc[i][j] = _mm512_fmadd_ps(xv, wv[j], acc[i][j]);
-                }
-            }
-            kk += 16;
-        }
-        if full < k {
-            let mask = ((1u32 << (k - full)) - 1) as __mmask16;
-            let mut wv = [_mm512_setzero_ps(); C];
-            for j in 0..C {
-                wv[j] = _mm512_maskz_loadu_ps(mask, wp.add(j * k + full));
-            }
-            for i in 0..R {
-                let xv = _mm512_maskz_loadu_ps(mask, xp.add(i * k + full));
-                for j in 0..C {
-                    acc[i][j] = _mm512_fmadd_ps(xv, wv[j], acc[i][j]);
-                }
-            }
-        }
-        if R == 4 && C == 4 {
-            // All sixteen sums at once (45 shuffles and adds instead of 16 separate
-            // reductions of ~8 each); lane group i of the result holds row i's four columns.
-            let v: [__m512; 16] = std::array::from_fn(|t| acc[t / 4][t % 4]);
-            let sums = reduce16(&v);
-            for i in 0..4 {
-                let row: __m128 = match i {
-                    0 => _mm512_extractf32x4_ps::<0>(sums),
-                    1 => _mm512_extractf32x4_ps::<1>(sums),
-                    2 => _mm512_extractf32x4_ps::<2>(sums),
-                    _ => _mm512_extractf32x4_ps::<3>(sums),
-                };
-                _mm_storeu_ps(out.add((r0 + i) * n + c0), row);
-            }
-            return;
-        }
-        for i in 0..R {
-            for j in 0..C {
-                *out.add((r0 + i) * n + c0 + j) = _mm512_reduce_add_ps(acc[i][j]);
-            }
-        }
-    }
-
-    /// The sums of sixteen 16-lane registers in one register: lane `t` = sum of `v[t]`. A
-    /// transpose-and-add tree: pairs of registers are interleaved and added (unpack lo/hi
-    /// of floats, then of doubles), which leaves each 128-bit lane with one partial sum of
-    /// four registers; two rounds of 128-bit lane shuffles add those up.
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    unsafe fn reduce16(v: &[__m512; 16]) -> __m512 {
-        // a[p]: per 128-bit lane [v2p, v2p+1, v2p, v2p+1] partials.
-        let a: [__m512; 8] = std::array::from_fn(|p| {
-            let (x, y) = (v[2 * p], v[2 * p + 1]);
-            _mm512_add_ps(_mm512_unpacklo_ps(x, y), _mm512_unpackhi_ps(x, y))
-        });
-        // b[g]: per 128-bit lane [v4g, v4g+1, v4g+2, v4g+3] partials.
-        let b: [__m512; 4] = std::array::from_fn(|g| {
-            let (x, y) = (_mm512_castps_pd(a[2 * g]), _mm512_castps_pd(a[2 * g + 1]));
-            // Doubles only move pairs of floats; the addition is of floats.
-            _mm512_add_ps(
-                _mm512_castpd_ps(_mm512_unpacklo_pd(x, y)),
-                _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)),
-            )
-        });
-        // Lane pairs added: [b0 l0+l1, b0 l2+l3, b1 l0+l1, b1 l2+l3] and the same for b2, b3.
-        let pair = |x: __m512, y: __m512| {
-            _mm512_add_ps(
-                _mm512_shuffle_f32x4::<0b10_00_10_00>(x, y),
-                _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y),
-            )
-        };
-        pair(pair(b[0], b[1]), pair(b[2], b[3]))
-    }
 }
 
-#[cfg(not(target_arch = "x86_64"))]
+/// The register kernels: AVX-512 (a strip as two 16-lane registers, 8 rows) and AVX2+FMA (a
+/// strip as two halves of two 8-lane registers, 6 rows: 12 accumulators, two weight registers
+/// and one broadcast fill the 16 registers AVX2 has).
+#[cfg(target_arch = "x86_64")]
 mod x86 {
-    #[derive(Clone, Copy)]
-    pub enum Source<'a> {
-        Plain { w: &'a [f32], nt: bool },
-        Prepacked(&'a [f32]),
+    use super::Kernels;
+
+    pub struct Avx512;
+    pub struct Avx2;
+
+    impl Kernels for Avx512 {
+        const MR: usize = super::MR_AVX512;
+        const NT_R: usize = 4;
+        const NT_C: usize = 4;
+
+        unsafe fn micro(
+            rows: usize,
+            xp: *const f32,
+            ldx: usize,
+            wp: *const f32,
+            ldw: usize,
+            out: *mut f32,
+            ldo: usize,
+            kc: usize,
+            accumulate: bool,
+            bias: Option<*const f32>,
+            cols: usize,
+        ) {
+            avx512::micro_rows(rows, xp, ldx, wp, ldw, out, ldo, kc, accumulate, bias, cols)
+        }
+
+        unsafe fn tile_nt(
+            full: bool,
+            x: &[f32],
+            w: &[f32],
+            out: *mut f32,
+            k: usize,
+            n: usize,
+            r0: usize,
+            c0: usize,
+        ) {
+            if full {
+                avx512::tile_nt::<4, 4>(x, w, out, k, n, r0, c0)
+            } else {
+                avx512::tile_nt::<1, 1>(x, w, out, k, n, r0, c0)
+            }
+        }
     }
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn strips_prepacked(
-        _: &[f32],
-        _: &[f32],
-        _: Option<&[f32]>,
-        _: *mut f32,
-        _: usize,
-        _: usize,
-        _: usize,
-        _: usize,
-        _: usize,
-    ) {
-        unreachable!("available() is false off x86-64")
+
+    impl Kernels for Avx2 {
+        const MR: usize = super::MR_AVX2;
+        const NT_R: usize = 3;
+        const NT_C: usize = 4;
+
+        unsafe fn micro(
+            rows: usize,
+            xp: *const f32,
+            ldx: usize,
+            wp: *const f32,
+            ldw: usize,
+            out: *mut f32,
+            ldo: usize,
+            kc: usize,
+            accumulate: bool,
+            bias: Option<*const f32>,
+            cols: usize,
+        ) {
+            avx2::micro_rows(rows, xp, ldx, wp, ldw, out, ldo, kc, accumulate, bias, cols)
+        }
+
+        unsafe fn tile_nt(
+            full: bool,
+            x: &[f32],
+            w: &[f32],
+            out: *mut f32,
+            k: usize,
+            n: usize,
+            r0: usize,
+            c0: usize,
+        ) {
+            if full {
+                avx2::tile_nt::<3, 4>(x, w, out, k, n, r0, c0)
+            } else {
+                avx2::tile_nt::<1, 1>(x, w, out, k, n, r0, c0)
+            }
+        }
     }
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn columns_nn(
-        _: &[f32],
-        _: &[f32],
-        _: Option<&[f32]>,
-        _: *mut f32,
-        _: usize,
-        _: usize,
-        _: usize,
-        _: usize,
-        _: usize,
-    ) {
-        unreachable!("available() is false off x86-64")
+
+    mod avx512 {
+        use super::super::MR_AVX512 as MR;
+        use std::arch::x86_64::*;
+
+        /// Masks of the two 16-lane halves of a strip with `cols <= 32` columns.
+        fn strip_masks(cols: usize) -> (__mmask16, __mmask16) {
+            let m0 = if cols >= 16 {
+                0xffff
+            } else {
+                ((1u32 << cols) - 1) as u16
+            };
+            let m1 = if cols <= 16 {
+                0
+            } else if cols >= 32 {
+                0xffff
+            } else {
+                ((1u32 << (cols - 16)) - 1) as u16
+            };
+            (m0, m1)
+        }
+
+        /// [`micro`] for `rows` (1..=`MR`) rows: the one place that turns a run-time row count
+        /// into the register block's compile-time one.
+        #[target_feature(enable = "avx512f")]
+        #[allow(clippy::too_many_arguments)]
+        pub unsafe fn micro_rows(
+            rows: usize,
+            xp: *const f32,
+            ldx: usize,
+            wp: *const f32,
+            ldw: usize,
+            out: *mut f32,
+            ldo: usize,
+            kc: usize,
+            accumulate: bool,
+            bias: Option<*const f32>,
+            cols: usize,
+        ) {
+            debug_assert!((1..=MR).contains(&rows));
+            let (m0, m1) = strip_masks(cols);
+            macro_rules! go {
+                ($R:literal) => {
+                    micro::<$R>(xp, ldx, wp, ldw, out, ldo, kc, accumulate, bias, m0, m1)
+                };
+            }
+            match rows {
+                8 => go!(8),
+                7 => go!(7),
+                6 => go!(6),
+                5 => go!(5),
+                4 => go!(4),
+                3 => go!(3),
+                2 => go!(2),
+                _ => go!(1),
+            }
+        }
+
+        /// The register block: `R` rows against a 32-column strip (see [`super::Kernels::micro`]).
+        #[target_feature(enable = "avx512f")]
+        #[allow(clippy::too_many_arguments)]
+        #[inline]
+        unsafe fn micro<const R: usize>(
+            xp: *const f32,
+            ldx: usize,
+            mut wp: *const f32,
+            ldw: usize,
+            out: *mut f32,
+            ldo: usize,
+            kc: usize,
+            accumulate: bool,
+            bias: Option<*const f32>,
+            m0: __mmask16,
+            m1: __mmask16,
+        ) {
+            let mut acc0 = [_mm512_setzero_ps(); R];
+            let mut acc1 = [_mm512_setzero_ps(); R];
+            for i in 0..R {
+                let o = out.add(i * ldo);
+                if accumulate {
+                    acc0[i] = _mm512_maskz_loadu_ps(m0, o);
+                    acc1[i] = _mm512_maskz_loadu_ps(m1, o.add(16));
+                } else if let Some(b) = bias {
+                    acc0[i] = _mm512_maskz_loadu_ps(m0, b);
+                    acc1[i] = _mm512_maskz_loadu_ps(m1, b.add(16));
+                }
+            }
+            for kk in 0..kc {
+                let w0 = _mm512_maskz_loadu_ps(m0, wp);
+                let w1 = _mm512_maskz_loadu_ps(m1, wp.add(16));
+                for i in 0..R {
+                    let a = _mm512_set1_ps(*xp.add(i * ldx + kk));
+                    acc0[i] = _mm512_fmadd_ps(a, w0, acc0[i]);
+                    acc1[i] = _mm512_fmadd_ps(a, w1, acc1[i]);
+                }
+                wp = wp.add(ldw);
+            }
+            for i in 0..R {
+                let o = out.add(i * ldo);
+                _mm512_mask_storeu_ps(o, m0, acc0[i]);
+                _mm512_mask_storeu_ps(o.add(16), m1, acc1[i]);
+            }
+        }
+
+        /// Dot products along `K`, `R` rows x `C` vocabulary entries per register block.
+        #[target_feature(enable = "avx512f")]
+        #[inline]
+        #[allow(clippy::needless_range_loop)] // parallel register arrays, indexed in step
+        pub unsafe fn tile_nt<const R: usize, const C: usize>(
+            x: &[f32],
+            w: &[f32],
+            out: *mut f32,
+            k: usize,
+            n: usize,
+            r0: usize,
+            c0: usize,
+        ) {
+            let mut acc = [[_mm512_setzero_ps(); C]; R];
+            let xp = x.as_ptr().add(r0 * k);
+            let wp = w.as_ptr().add(c0 * k);
+            // Whole 16-lane chunks with plain loads (a mask computed per chunk cost ~10% of the
+            // head at 64 rows), then the remainder, if any, masked.
+            let full = k - k % 16;
+            let mut kk = 0;
+            while kk < full {
+                let mut wv = [_mm512_setzero_ps(); C];
+                for j in 0..C {
+                    wv[j] = _mm512_loadu_ps(wp.add(j * k + kk));
+                }
+                for i in 0..R {
+                    let xv = _mm512_loadu_ps(xp.add(i * k + kk));
+                    for j in 0..C {
+                        acc[i][j] = _mm512_fmadd_ps(xv, wv[j], acc[i][j]);
+                    }
+                }
+                kk += 16;
+            }
+            if full < k {
+                let mask = ((1u32 << (k - full)) - 1) as __mmask16;
+                let mut wv = [_mm512_setzero_ps(); C];
+                for j in 0..C {
+                    wv[j] = _mm512_maskz_loadu_ps(mask, wp.add(j * k + full));
+                }
+                for i in 0..R {
+                    let xv = _mm512_maskz_loadu_ps(mask, xp.add(i * k + full));
+                    for j in 0..C {
+                        acc[i][j] = _mm512_fmadd_ps(xv, wv[j], acc[i][j]);
+                    }
+                }
+            }
+            if R == 4 && C == 4 {
+                // All sixteen sums at once (45 shuffles and adds instead of 16 separate
+                // reductions of ~8 each); lane group i of the result holds row i's four columns.
+                let v: [__m512; 16] = std::array::from_fn(|t| acc[t / 4][t % 4]);
+                let sums = reduce16(&v);
+                for i in 0..4 {
+                    let row: __m128 = match i {
+                        0 => _mm512_extractf32x4_ps::<0>(sums),
+                        1 => _mm512_extractf32x4_ps::<1>(sums),
+                        2 => _mm512_extractf32x4_ps::<2>(sums),
+                        _ => _mm512_extractf32x4_ps::<3>(sums),
+                    };
+                    _mm_storeu_ps(out.add((r0 + i) * n + c0), row);
+                }
+                return;
+            }
+            for i in 0..R {
+                for j in 0..C {
+                    *out.add((r0 + i) * n + c0 + j) = _mm512_reduce_add_ps(acc[i][j]);
+                }
+            }
+        }
+
+        /// The sums of sixteen 16-lane registers in one register: lane `t` = sum of `v[t]`. A
+        /// transpose-and-add tree: pairs of registers are interleaved and added (unpack lo/hi
+        /// of floats, then of doubles), which leaves each 128-bit lane with one partial sum of
+        /// four registers; two rounds of 128-bit lane shuffles add those up.
+        #[target_feature(enable = "avx512f")]
+        #[inline]
+        unsafe fn reduce16(v: &[__m512; 16]) -> __m512 {
+            // a[p]: per 128-bit lane [v2p, v2p+1, v2p, v2p+1] partials.
+            let a: [__m512; 8] = std::array::from_fn(|p| {
+                let (x, y) = (v[2 * p], v[2 * p + 1]);
+                _mm512_add_ps(_mm512_unpacklo_ps(x, y), _mm512_unpackhi_ps(x, y))
+            });
+            // b[g]: per 128-bit lane [v4g, v4g+1, v4g+2, v4g+3] partials.
+            let b: [__m512; 4] = std::array::from_fn(|g| {
+                let (x, y) = (_mm512_castps_pd(a[2 * g]), _mm512_castps_pd(a[2 * g + 1]));
+                // Doubles only move pairs of floats; the addition is of floats.
+                _mm512_add_ps(
+                    _mm512_castpd_ps(_mm512_unpacklo_pd(x, y)),
+                    _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)),
+                )
+            });
+            // Lane pairs added: [b0 l0+l1, b0 l2+l3, b1 l0+l1, b1 l2+l3] and the same for b2, b3.
+            let pair = |x: __m512, y: __m512| {
+                _mm512_add_ps(
+                    _mm512_shuffle_f32x4::<0b10_00_10_00>(x, y),
+                    _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y),
+                )
+            };
+            pair(pair(b[0], b[1]), pair(b[2], b[3]))
+        }
     }
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn block_nt(
-        _: &[f32],
-        _: &[f32],
-        _: *mut f32,
-        _: usize,
-        _: usize,
-        _: usize,
-        _: usize,
-        _: usize,
-    ) {
-        unreachable!("available() is false off x86-64")
-    }
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn panel(
-        _: &[f32],
-        _: Source<'_>,
-        _: Option<&[f32]>,
-        _: *mut f32,
-        _: usize,
-        _: usize,
-        _: usize,
-        _: usize,
-        _: usize,
-        _: &mut [f32],
-    ) {
-        unreachable!("available() is false off x86-64")
+
+    mod avx2 {
+        use super::super::MR_AVX2 as MR;
+        use std::arch::x86_64::*;
+
+        /// Lane masks (all ones = load/store the lane) of two 8-lane registers covering the
+        /// first `cols` (<= 16) of 16 columns.
+        #[target_feature(enable = "avx2")]
+        #[inline]
+        unsafe fn half_masks(cols: usize) -> (__m256i, __m256i) {
+            let c = _mm256_set1_epi32(cols as i32);
+            (
+                _mm256_cmpgt_epi32(c, _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)),
+                _mm256_cmpgt_epi32(c, _mm256_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15)),
+            )
+        }
+
+        /// A load that touches only the masked lanes unless `FULL` (then all eight).
+        #[target_feature(enable = "avx2")]
+        #[inline]
+        unsafe fn load<const FULL: bool>(p: *const f32, m: __m256i) -> __m256 {
+            if FULL {
+                _mm256_loadu_ps(p)
+            } else {
+                _mm256_maskload_ps(p, m)
+            }
+        }
+
+        #[target_feature(enable = "avx2")]
+        #[inline]
+        unsafe fn store<const FULL: bool>(p: *mut f32, m: __m256i, v: __m256) {
+            if FULL {
+                _mm256_storeu_ps(p, v)
+            } else {
+                _mm256_maskstore_ps(p, m, v)
+            }
+        }
+
+        /// A strip as two 16-column halves, each its own register block over all `kc`: the
+        /// activations (`rows x kc`, L1) are read twice, the weights once.
+        #[target_feature(enable = "avx2,fma")]
+        #[allow(clippy::too_many_arguments)]
+        pub unsafe fn micro_rows(
+            rows: usize,
+            xp: *const f32,
+            ldx: usize,
+            wp: *const f32,
+            ldw: usize,
+            out: *mut f32,
+            ldo: usize,
+            kc: usize,
+            accumulate: bool,
+            bias: Option<*const f32>,
+            cols: usize,
+        ) {
+            debug_assert!((1..=MR).contains(&rows));
+            let mut c = 0;
+            while c < cols {
+                let hc = 16.min(cols - c);
+                let (w, o, b) = (wp.add(c), out.add(c), bias.map(|b| b.add(c)));
+                macro_rules! go {
+                    ($R:literal) => {
+                        if hc == 16 {
+                            half::<$R, true>(xp, ldx, w, ldw, o, ldo, kc, accumulate, b, hc)
+                        } else {
+                            half::<$R, false>(xp, ldx, w, ldw, o, ldo, kc, accumulate, b, hc)
+                        }
+                    };
+                }
+                match rows {
+                    6 => go!(6),
+                    5 => go!(5),
+                    4 => go!(4),
+                    3 => go!(3),
+                    2 => go!(2),
+                    _ => go!(1),
+                }
+                c += 16;
+            }
+        }
+
+        /// `R` rows against 16 (`FULL`) or `cols` < 16 columns.
+        #[target_feature(enable = "avx2,fma")]
+        #[allow(clippy::too_many_arguments)]
+        #[inline]
+        unsafe fn half<const R: usize, const FULL: bool>(
+            xp: *const f32,
+            ldx: usize,
+            mut wp: *const f32,
+            ldw: usize,
+            out: *mut f32,
+            ldo: usize,
+            kc: usize,
+            accumulate: bool,
+            bias: Option<*const f32>,
+            cols: usize,
+        ) {
+            let (m0, m1) = half_masks(cols);
+            let mut acc0 = [_mm256_setzero_ps(); R];
+            let mut acc1 = [_mm256_setzero_ps(); R];
+            for i in 0..R {
+                let o = out.add(i * ldo);
+                if accumulate {
+                    acc0[i] = load::<FULL>(o, m0);
+                    acc1[i] = load::<FULL>(o.add(8), m1);
+                } else if let Some(b) = bias {
+                    acc0[i] = load::<FULL>(b, m0);
+                    acc1[i] = load::<FULL>(b.add(8), m1);
+                }
+            }
+            for kk in 0..kc {
+                let w0 = load::<FULL>(wp, m0);
+                let w1 = load::<FULL>(wp.add(8), m1);
+                for i in 0..R {
+                    let a = _mm256_broadcast_ss(&*xp.add(i * ldx + kk));
+                    acc0[i] = _mm256_fmadd_ps(a, w0, acc0[i]);
+                    acc1[i] = _mm256_fmadd_ps(a, w1, acc1[i]);
+                }
+                wp = wp.add(ldw);
+            }
+            for i in 0..R {
+                let o = out.add(i * ldo);
+                store::<FULL>(o, m0, acc0[i]);
+                store::<FULL>(o.add(8), m1, acc1[i]);
+            }
+        }
+
+        /// Dot products along `K`, `R` rows x `C` vocabulary entries per register block (3 x 4:
+        /// twelve accumulators, three activation registers, one weight register).
+        #[target_feature(enable = "avx2,fma")]
+        #[inline]
+        #[allow(clippy::needless_range_loop)] // parallel register arrays, indexed in step
+        pub unsafe fn tile_nt<const R: usize, const C: usize>(
+            x: &[f32],
+            w: &[f32],
+            out: *mut f32,
+            k: usize,
+            n: usize,
+            r0: usize,
+            c0: usize,
+        ) {
+            let mut acc = [[_mm256_setzero_ps(); C]; R];
+            let xp = x.as_ptr().add(r0 * k);
+            let wp = w.as_ptr().add(c0 * k);
+            let full = k - k % 8;
+            let mut kk = 0;
+            while kk < full {
+                let mut xv = [_mm256_setzero_ps(); R];
+                for i in 0..R {
+                    xv[i] = _mm256_loadu_ps(xp.add(i * k + kk));
+                }
+                for j in 0..C {
+                    let wv = _mm256_loadu_ps(wp.add(j * k + kk));
+                    for i in 0..R {
+                        acc[i][j] = _mm256_fmadd_ps(xv[i], wv, acc[i][j]);
+                    }
+                }
+                kk += 8;
+            }
+            if full < k {
+                let (mask, _) = half_masks(k - full);
+                for i in 0..R {
+                    let xv = _mm256_maskload_ps(xp.add(i * k + full), mask);
+                    for j in 0..C {
+                        let wv = _mm256_maskload_ps(wp.add(j * k + full), mask);
+                        acc[i][j] = _mm256_fmadd_ps(xv, wv, acc[i][j]);
+                    }
+                }
+            }
+            for i in 0..R {
+                if C == 4 {
+                    // Four sums in one __m128: hadd pairs the lanes within each 128-bit half,
+                    // then the halves are added.
+                    let t0 = _mm256_hadd_ps(acc[i][0], acc[i][1]);
+                    let t1 = _mm256_hadd_ps(acc[i][2], acc[i][3]);
+                    let t = _mm256_hadd_ps(t0, t1);
+                    let s = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps::<1>(t));
+                    _mm_storeu_ps(out.add((r0 + i) * n + c0), s);
+                } else {
+                    for j in 0..C {
+                        *out.add((r0 + i) * n + c0 + j) = hsum(acc[i][j]);
+                    }
+                }
+            }
+        }
+
+        #[target_feature(enable = "avx2")]
+        #[inline]
+        unsafe fn hsum(v: __m256) -> f32 {
+            let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let s = _mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s));
+            _mm_cvtss_f32(s)
+        }
     }
 }
+
+/// Register-block rows of the AVX-512 and AVX2 kernels (named here for the tests' shapes).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+const MR_AVX512: usize = 8;
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+const MR_AVX2: usize = 6;
 
 #[cfg(test)]
 mod tests {
@@ -915,7 +1335,20 @@ mod tests {
         assert!(err / scale <= 1e-5, "{what}: max err {err} (scale {scale})");
     }
 
-    /// Shapes around every edge: row counts around MR and 1, columns around the 32-wide strip
+    /// The instruction sets with kernels that this CPU runs; every kernel test runs each of them
+    /// (on an AVX-512 host both AVX-512 and AVX2).
+    fn kernel_isas() -> Vec<Isa> {
+        let v: Vec<Isa> = Isa::supported()
+            .into_iter()
+            .filter(|&i| i != Isa::Generic)
+            .collect();
+        if v.is_empty() {
+            eprintln!("skipped: no AVX2 or AVX-512 on this CPU (the model uses the general path)");
+        }
+        v
+    }
+
+    /// Shapes around every edge: row counts around both kernels' MR (8, 6) and 1, columns around the 32-wide strip
     /// and the 16-lane halves, depths around the 64-row weight block and the 16-lane dot chunk.
     const SHAPES: &[(usize, usize, usize)] = &[
         (1, 1, 1),
@@ -923,6 +1356,8 @@ mod tests {
         (7, 17, 33),
         (8, 64, 48),
         (9, 65, 16),
+        (6, 40, 8),
+        (12, 33, 31),
         (13, 130, 100),
         (16, 768, 64),
         (33, 200, 97),
@@ -937,65 +1372,51 @@ mod tests {
 
     #[test]
     fn nn_matches_the_reference_on_random_shapes() {
-        if !available() {
-            eprintln!("skipped: no AVX-512 on this CPU (the model uses the general path)");
-            return;
-        }
-        let mut seed = 1;
-        for &(m, k, n) in SHAPES {
-            let x = rand_vec(m * k, &mut seed);
-            let w = rand_vec(k * n, &mut seed);
-            let b = rand_vec(n, &mut seed);
-            for bias in [None, Some(&b[..])] {
-                // Garbage in the output must not leak into the result.
-                let mut out = vec![f32::NAN; m * n];
-                matmul_nn(&x, &w, bias, &mut out, m, k, n);
-                let want = reference(&x, &w, bias, m, k, n, false);
-                check(
-                    &out,
-                    &want,
-                    k,
-                    &format!("nn {m}x{k}x{n} bias={}", bias.is_some()),
-                );
+        for isa in kernel_isas() {
+            let mut seed = 1;
+            for &(m, k, n) in SHAPES {
+                let x = rand_vec(m * k, &mut seed);
+                let w = rand_vec(k * n, &mut seed);
+                let b = rand_vec(n, &mut seed);
+                for bias in [None, Some(&b[..])] {
+                    // Garbage in the output must not leak into the result.
+                    let mut out = vec![f32::NAN; m * n];
+                    matmul_nn_with(isa, &x, &w, bias, &mut out, m, k, n);
+                    let want = reference(&x, &w, bias, m, k, n, false);
+                    let what = format!("{isa:?} nn {m}x{k}x{n} bias={}", bias.is_some());
+                    check(&out, &want, k, &what);
+                }
             }
         }
     }
 
     #[test]
     fn serial_nn_matches_the_reference() {
-        if !available() {
-            eprintln!("skipped: no AVX-512 on this CPU (the model uses the general path)");
-            return;
-        }
-        let mut seed = 3;
-        for &(m, k, n) in SHAPES {
-            let x = rand_vec(m * k, &mut seed);
-            let w = rand_vec(k * n, &mut seed);
-            let mut out = vec![f32::NAN; m * n];
-            matmul_nn_serial(&x, &w, &mut out, m, k, n);
-            check(
-                &out,
-                &reference(&x, &w, None, m, k, n, false),
-                k,
-                "serial nn",
-            );
+        for isa in kernel_isas() {
+            let mut seed = 3;
+            for &(m, k, n) in SHAPES {
+                let x = rand_vec(m * k, &mut seed);
+                let w = rand_vec(k * n, &mut seed);
+                let mut out = vec![f32::NAN; m * n];
+                matmul_nn_serial_with(isa, &x, &w, &mut out, m, k, n);
+                let want = reference(&x, &w, None, m, k, n, false);
+                check(&out, &want, k, &format!("{isa:?} serial nn {m}x{k}x{n}"));
+            }
         }
     }
 
     #[test]
     fn nt_matches_the_reference_on_random_shapes() {
-        if !available() {
-            eprintln!("skipped: no AVX-512 on this CPU (the model uses the general path)");
-            return;
-        }
-        let mut seed = 2;
-        for &(m, k, n) in SHAPES.iter().chain(&[(5, 768, 600)]) {
-            let x = rand_vec(m * k, &mut seed);
-            let w = rand_vec(n * k, &mut seed);
-            let mut out = vec![f32::NAN; m * n];
-            matmul_nt(&x, &w, &mut out, m, k, n);
-            let want = reference(&x, &w, None, m, k, n, true);
-            check(&out, &want, k, &format!("nt {m}x{k}x{n}"));
+        for isa in kernel_isas() {
+            let mut seed = 2;
+            for &(m, k, n) in SHAPES.iter().chain(&[(5, 768, 600)]) {
+                let x = rand_vec(m * k, &mut seed);
+                let w = rand_vec(n * k, &mut seed);
+                let mut out = vec![f32::NAN; m * n];
+                matmul_nt_with(isa, &x, &w, &mut out, m, k, n);
+                let want = reference(&x, &w, None, m, k, n, true);
+                check(&out, &want, k, &format!("{isa:?} nt {m}x{k}x{n}"));
+            }
         }
     }
 
@@ -1026,31 +1447,29 @@ mod tests {
 
     #[test]
     fn prepacked_matches_the_reference_and_the_in_place_path_bitwise() {
-        if !available() {
-            eprintln!("skipped: no AVX-512 on this CPU (the model uses the general path)");
-            return;
-        }
-        let mut seed = 5;
-        for &(m, k, n) in SHAPES.iter().chain(&[(2, 100, 70), (3, 768, 64)]) {
-            let x = rand_vec(m * k, &mut seed);
-            let w = rand_vec(k * n, &mut seed);
-            let b = rand_vec(n, &mut seed);
-            let p = pack_nn(&w, k, n);
-            for bias in [None, Some(&b[..])] {
-                let mut out = vec![f32::NAN; m * n];
-                matmul_prepacked(&x, &p, bias, &mut out, m, k, n);
-                let what = format!("prepacked {m}x{k}x{n} bias={}", bias.is_some());
-                check(&out, &reference(&x, &w, bias, m, k, n, false), k, &what);
-                if m >= MIN_ROWS {
-                    // Same products added in the same order as the in-place kernels: the model
-                    // gives the same logits packed or not.
-                    let mut plain = vec![0f32; m * n];
-                    matmul_nn(&x, &w, bias, &mut plain, m, k, n);
-                    let same = out
-                        .iter()
-                        .zip(&plain)
-                        .all(|(a, b)| a.to_bits() == b.to_bits());
-                    assert!(same, "{what}: differs from matmul_nn");
+        for isa in kernel_isas() {
+            let mut seed = 5;
+            for &(m, k, n) in SHAPES.iter().chain(&[(2, 100, 70), (3, 768, 64)]) {
+                let x = rand_vec(m * k, &mut seed);
+                let w = rand_vec(k * n, &mut seed);
+                let b = rand_vec(n, &mut seed);
+                let p = pack_nn(&w, k, n);
+                for bias in [None, Some(&b[..])] {
+                    let mut out = vec![f32::NAN; m * n];
+                    matmul_prepacked_with(isa, &x, &p, bias, &mut out, m, k, n);
+                    let what = format!("{isa:?} prepacked {m}x{k}x{n} bias={}", bias.is_some());
+                    check(&out, &reference(&x, &w, bias, m, k, n, false), k, &what);
+                    if m >= MIN_ROWS {
+                        // Same products added in the same order as the in-place kernels: the
+                        // model gives the same logits packed or not.
+                        let mut plain = vec![0f32; m * n];
+                        matmul_nn_with(isa, &x, &w, bias, &mut plain, m, k, n);
+                        let same = out
+                            .iter()
+                            .zip(&plain)
+                            .all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(same, "{what}: differs from matmul_nn");
+                    }
                 }
             }
         }
@@ -1059,10 +1478,18 @@ mod tests {
     #[test]
     #[should_panic(expected = "assertion")]
     fn wrong_sizes_are_refused() {
-        if !available() {
-            panic!("assertion: skipped without AVX-512");
-        }
+        let Some(&isa) = kernel_isas().first() else {
+            panic!("assertion: skipped without kernels");
+        };
         let mut out = vec![0f32; 4];
-        matmul_nn(&[0.0; 3], &[0.0; 4], None, &mut out, 2, 2, 2);
+        matmul_nn_with(isa, &[0.0; 3], &[0.0; 4], None, &mut out, 2, 2, 2);
+    }
+
+    #[test]
+    #[should_panic(expected = "cannot run")]
+    fn kernels_the_cpu_lacks_are_refused() {
+        // Generic has no kernels: refused on every CPU, before any unsafe code runs.
+        let mut out = vec![0f32; 4];
+        matmul_nn_with(Isa::Generic, &[0.0; 4], &[0.0; 4], None, &mut out, 2, 2, 2);
     }
 }

@@ -60,22 +60,24 @@ fn row_max(x: &[f32]) -> f32 {
     m
 }
 
-/// Whether the AVX-512 builds of the row kernels below can run. The default x86-64 target has
-/// no SSE4.1, so without them `floor` in [`exp_f32`] is a libm call and nothing vectorises.
-/// Follows the kernel switch ([`crate::cpu_gemm::available`]), so that forcing the generic path
-/// forces these too.
+/// Which build of the row kernels below runs: the AVX-512 or AVX2+FMA one, following the kernel
+/// switch ([`crate::cpu_gemm::isa`]), so that forcing a path forces these too. The default
+/// x86-64 target has no SSE4.1, so without them `floor` in [`exp_f32`] is a libm call and
+/// nothing vectorises.
 #[cfg(target_arch = "x86_64")]
-fn simd_rows() -> bool {
-    crate::cpu_gemm::available() && std::is_x86_feature_detected!("fma")
+fn simd_rows() -> crate::cpu_gemm::Isa {
+    crate::cpu_gemm::isa()
 }
 
 /// In place: x <- softmax(scale * x) along one row.
 pub fn softmax_row(x: &mut [f32], scale: f32) {
     #[cfg(target_arch = "x86_64")]
-    if simd_rows() {
-        // SAFETY: the CPU has the features the function is compiled for.
-        unsafe { softmax_row_avx512(x, scale) };
-        return;
+    match simd_rows() {
+        // SAFETY (both): `isa()` never exceeds what the CPU has, and each build enables only
+        // that instruction set's features.
+        crate::cpu_gemm::Isa::Avx512 => return unsafe { softmax_row_avx512(x, scale) },
+        crate::cpu_gemm::Isa::Avx2 => return unsafe { softmax_row_avx2(x, scale) },
+        crate::cpu_gemm::Isa::Generic => {}
     }
     softmax_row_body(x, scale)
 }
@@ -83,6 +85,12 @@ pub fn softmax_row(x: &mut [f32], scale: f32) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 unsafe fn softmax_row_avx512(x: &mut [f32], scale: f32) {
+    softmax_row_body(x, scale)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn softmax_row_avx2(x: &mut [f32], scale: f32) {
     softmax_row_body(x, scale)
 }
 
@@ -160,10 +168,11 @@ impl InplaceOp1 for ScaledSoftmax {
 /// In place: r <- gelu_new(r + bias).
 pub fn bias_gelu_row(r: &mut [f32], bias: &[f32]) {
     #[cfg(target_arch = "x86_64")]
-    if simd_rows() {
-        // SAFETY: the CPU has the features the function is compiled for.
-        unsafe { bias_gelu_row_avx512(r, bias) };
-        return;
+    match simd_rows() {
+        // SAFETY: as in `softmax_row`.
+        crate::cpu_gemm::Isa::Avx512 => return unsafe { bias_gelu_row_avx512(r, bias) },
+        crate::cpu_gemm::Isa::Avx2 => return unsafe { bias_gelu_row_avx2(r, bias) },
+        crate::cpu_gemm::Isa::Generic => {}
     }
     bias_gelu_row_body(r, bias)
 }
@@ -171,6 +180,12 @@ pub fn bias_gelu_row(r: &mut [f32], bias: &[f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 unsafe fn bias_gelu_row_avx512(r: &mut [f32], bias: &[f32]) {
+    bias_gelu_row_body(r, bias)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn bias_gelu_row_avx2(r: &mut [f32], bias: &[f32]) {
     bias_gelu_row_body(r, bias)
 }
 
@@ -292,8 +307,8 @@ pub fn fused_attention(
         };
         let own_gemm = crate::cpu_gemm::available();
         if own_gemm {
-            // Contiguous copies (t x d each, small next to the t x t scores) let the AVX-512
-            // kernel stream them: scores = q @ k^T with k^T laid out [d, t] (measured: the
+            // Contiguous copies (t x d each, small next to the t x t scores) let the own
+            // kernels stream them: scores = q @ k^T with k^T laid out [d, t] (measured: the
             // in-place kernel reaches ~95% of one core's FMA peak here, the packed NT path less).
             let q: Vec<f32> = (0..t * d).map(|i| head(0, i / d, i % d)).collect();
             let kt: Vec<f32> = (0..d * t).map(|i| head(1, i % t, i / t)).collect();
@@ -383,7 +398,7 @@ pub fn fused_attention(
 }
 
 /// `x [M, K] @ w (+ bias)` with the kernels of [`crate::cpu_gemm`], where `w` is `[K, N]` or, with
-/// `w_rows_are_outputs`, `[N, K]` (the tied head). `None` when they do not apply (no AVX-512,
+/// `w_rows_are_outputs`, `[N, K]` (the tied head). `None` when they do not apply (no kernels,
 /// fewer than [`crate::cpu_gemm::MIN_ROWS`] rows, not contiguous f32 on the CPU): use the general
 /// path then.
 pub fn weights_matmul(

@@ -381,7 +381,8 @@ impl Gpt2 {
     /// Rewrites the four projection weights of every block, in place and one at a time (no
     /// second copy of the model), into the strip-major layout that the CPU kernels stream
     /// contiguously ([`crate::cpu_gemm::pack_nn`]): 10-30% faster projections on short canvases,
-    /// bitwise the same logits. Only for f32 inference on a CPU with AVX-512; returns whether the
+    /// bitwise the same logits. Only for f32 inference on a CPU with our kernels (AVX2 or AVX-512; see
+    /// [`crate::cpu_gemm::isa`]); returns whether the
     /// model is packed. The packed tensors have shape `[ceil(out / 32), in, 32]`; everything
     /// that reads weights by name ([`Gpt2::named_tensors`], [`Gpt2::to_dtype`], saving, GPU
     /// upload) gets the `[in, out]` layout back, and the non-fused paths unpack per call.
@@ -596,7 +597,7 @@ fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 /// `x @ w (+ bias)` on the fast CPU path, `n` output columns: the pre-packed kernels for a
 /// packed `w`, the in-place ones for a plain `[in, out]` one, candle's matmul where neither
-/// applies (no AVX-512, too few rows).
+/// applies (no AVX2/AVX-512 kernels, too few rows).
 fn fast_matmul(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, n: usize) -> Result<Tensor> {
     if w.rank() == 3 {
         return crate::cpu_kernels::prepacked_matmul(x, w, bias, n);

@@ -1,27 +1,74 @@
-//! `DIFFUGPT_CPU_KERNELS=generic` forces the portable CPU path (candle's GEMM, the scalar row
-//! kernels, no weight packing) on a machine with AVX-512. A test binary of its own: the switch is
-//! read once per process, so nothing may touch the kernels before the variable is set. CI also
-//! runs `tests/parity.rs` and `tests/decode.rs` with it (`.ci/run`), checking that path against
-//! the golden logits.
+//! The kernel switch `DIFFUGPT_CPU_KERNELS` forces a CPU path: `generic` (candle's GEMM, the
+//! scalar row kernels, no weight packing), `avx2` (the AVX2+FMA kernels, also on an AVX-512 CPU),
+//! `avx512`. A test binary of its own: the switch is read once per process, so nothing may touch
+//! the kernels before the variable is set. Run with the variable set it checks that value (CI
+//! runs it under `generic` and `avx2`, with `tests/parity.rs` and `tests/decode.rs` checking the
+//! same path against the golden logits); unset, it forces `generic`.
 
 use std::path::PathBuf;
 
+use diffugpt::cpu_gemm::{isa, Isa, KERNELS_ENV};
 use diffugpt::{AttnMask, LoadOptions, Model};
 
 #[test]
-fn generic_forces_the_portable_kernels() {
-    std::env::set_var(diffugpt::cpu_gemm::KERNELS_ENV, "generic");
-    assert!(!diffugpt::cpu_gemm::available());
+fn the_switch_forces_its_path() {
+    let asked = std::env::var(KERNELS_ENV).unwrap_or_else(|_| {
+        std::env::set_var(KERNELS_ENV, "generic");
+        "generic".into()
+    });
+    let asked = match asked.as_str() {
+        "generic" => Isa::Generic,
+        "avx2" => Isa::Avx2,
+        "avx512" | "auto" | "" => Isa::Avx512,
+        other => panic!("{KERNELS_ENV}={other:?}: run this test with generic, avx2 or avx512"),
+    };
+    // Never more than the CPU has.
+    let best = *Isa::supported().last().unwrap();
+    let want = asked.min(best);
+    assert_eq!(
+        isa(),
+        want,
+        "asked for {asked:?} on a CPU whose best is {best:?}"
+    );
+    eprintln!("kernels: {}", isa().name());
+
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-diffugpt");
     let m = Model::load(&dir, LoadOptions::default()).unwrap();
-    assert!(
-        !m.gpt.is_packed(),
-        "weights packed for kernels that are switched off"
+    assert_eq!(
+        m.gpt.is_packed(),
+        want != Isa::Generic,
+        "weights are packed exactly when kernels of our own run"
     );
-    // The forward runs (and is checked against goldens by tests/parity.rs under the same switch).
-    let logits = m
-        .gpt
-        .forward_logits(&[50256, 15496, 11, 995], &AttnMask::Bidirectional)
-        .unwrap();
-    assert_eq!(logits.dims()[0], 4);
+    // The forced path against candle's plain ops (tolerance as tests/parity.rs: 1e-5 of the
+    // largest logit), on a canvas long enough for every kernel (>= MIN_ROWS rows).
+    let ids: Vec<u32> = (0..40u32).map(|i| (i * 7919) % 50257).collect();
+    let mut reference = m.gpt.clone();
+    reference.reference_ops = true;
+    for mask in [AttnMask::Bidirectional, AttnMask::Causal] {
+        let got: Vec<f32> = m
+            .gpt
+            .forward_logits(&ids, &mask)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let want: Vec<f32> = reference
+            .forward_logits(&ids, &mask)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let scale = want.iter().map(|v| v.abs()).fold(0f32, f32::max);
+        let err = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            err <= 1e-5 * scale,
+            "{mask:?}: max err {err} (scale {scale})"
+        );
+    }
 }

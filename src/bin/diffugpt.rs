@@ -614,11 +614,7 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
         None
     };
     // Which CPU kernels ran (DIFFUGPT_CPU_KERNELS can force the portable ones).
-    let kernels = if diffugpt::cpu_gemm::available() {
-        "avx512"
-    } else {
-        "generic"
-    };
+    let kernels = diffugpt::cpu_gemm::isa().name();
     match a.format {
         Format::Json => {
             let forward: serde_json::Map<String, serde_json::Value> = rows
