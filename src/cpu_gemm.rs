@@ -473,7 +473,17 @@ pub fn matmul_nt_with(
 ) {
     check_args(isa, "matmul_nt", x, w, n * k, None, out, m, k, n);
     if m >= PACK_MIN_ROWS {
-        packed(isa, x, w, true, None, out, m, k, n);
+        if isa == Isa::Avx512 {
+            packed(isa, x, w, true, None, out, m, k, n);
+        } else {
+            // AVX2's 3 x 4 dot tiles beat the packed path's transposing copy at every row count
+            // measured (Zen 4 without AVX-512, 128 and 256 rows, three rounds: 117-128 against
+            // 87-109 GFLOP/s): run them on chunks of NT_CHUNK rows, whose activations stay in L2.
+            const NT_CHUNK: usize = 64;
+            for (xc, oc) in x.chunks(NT_CHUNK * k).zip(out.chunks_mut(NT_CHUNK * n)) {
+                matmul_nt_with(isa, xc, w, oc, xc.len() / k, k, n);
+            }
+        }
         return;
     }
     const NB: usize = 256;
@@ -1192,11 +1202,14 @@ mod x86 {
                     acc1[i] = load::<FULL>(b.add(8), m1);
                 }
             }
+            // One base pointer per row, all advanced by the same index: the broadcasts' addresses
+            // are then base + 4 kk each, not a chain of additions of the row stride.
+            let xr: [*const f32; R] = std::array::from_fn(|i| xp.add(i * ldx));
             for kk in 0..kc {
                 let w0 = load::<FULL>(wp, m0);
                 let w1 = load::<FULL>(wp.add(8), m1);
                 for i in 0..R {
-                    let a = _mm256_broadcast_ss(&*xp.add(i * ldx + kk));
+                    let a = _mm256_broadcast_ss(&*xr[i].add(kk));
                     acc0[i] = _mm256_fmadd_ps(a, w0, acc0[i]);
                     acc1[i] = _mm256_fmadd_ps(a, w1, acc1[i]);
                 }
