@@ -1,4 +1,5 @@
-//! Small-canvas matrix products for the inference forward on x86-64 CPUs with AVX-512.
+//! Small-canvas matrix products for the inference forward on x86-64 CPUs with AVX-512 or
+//! AVX2+FMA ([`isa`] picks; the measured figures below are AVX-512 on Zen 4 unless marked).
 //!
 //! After the EoS-first cut, every remaining denoising step runs on a short canvas (tens of
 //! positions), where a general GEMM spends much of its time packing the weight matrix into its
@@ -10,23 +11,26 @@
 //!   strip of 32 output columns at a time, `MR` activation rows against it, the strip re-read
 //!   from L2 for each row block;
 //! * [`matmul_nt`]: `x [M, K] @ w[N, K]^T` — the tied LM head (embedding rows); dot products
-//!   along `K`, 4 rows x 4 vocabulary entries per register block, their sixteen horizontal
-//!   sums done as one transpose-and-add tree, the next group of vocabulary rows prefetched
-//!   while this one computes (measured at 64 rows: 148 -> 170-180 GFLOP/s).
+//!   along `K`, 4 rows x 4 vocabulary entries per register block (AVX2: 3 x 4), their
+//!   horizontal sums done as one transpose-and-add tree, the next group of vocabulary rows
+//!   prefetched while this one computes (measured at 64 rows: 148 -> 170-180 GFLOP/s).
 //!
-//! From [`PACK_MIN_ROWS`] rows on both switch to a cache-blocked path ([`packed`]): the weights are
+//! From `PACK_MIN_ROWS` rows on both switch to a cache-blocked path (`packed`): the weights are
 //! copied block by block (`256 x 128`) into a contiguous buffer — transposed on the way for the
 //! head — so that with many rows neither the partial sums nor the activations are streamed from
-//! L3 again for every block of `K` (measured: 150-165 -> 185-200 GFLOP/s at 1024 rows).
+//! L3 again for every block of `K` (measured: 150-165 -> 185-200 GFLOP/s at 1024 rows). Under
+//! AVX2 the head keeps its dot tiles instead, on 64-row chunks (measured faster there).
 //!
 //! A loaded model goes one step further for its block projections: [`pack_nn`] rewrites each
 //! `[in, out]` weight once, in place of the original, into strips of 32 columns that are
 //! contiguous over all of `K`, and [`matmul_prepacked`] streams them (no strided walk, no copy,
 //! no partial sums through memory on short canvases) with bitwise the same results.
 //!
-//! All paths split the output columns across rayon's threads; `tests` below check them against a
-//! plain triple loop on random shapes, remainders included, and `tests/parity.rs` the whole
-//! forward against candle's plain ops.
+//! The cache-level loops exist once (`drivers`, generic over the `Kernels` of an instruction
+//! set); only the register blocks differ per instruction set. All paths split the output columns
+//! across rayon's threads; `tests` below check every instruction set the CPU has against a plain
+//! triple loop on random shapes, remainders included, and `tests/parity.rs` the whole forward
+//! against candle's plain ops.
 
 use rayon::prelude::*;
 

@@ -399,7 +399,7 @@ pub fn fused_attention(
 
 /// `x [M, K] @ w (+ bias)` with the kernels of [`crate::cpu_gemm`], where `w` is `[K, N]` or, with
 /// `w_rows_are_outputs`, `[N, K]` (the tied head). `None` when they do not apply (no kernels,
-/// fewer than [`crate::cpu_gemm::MIN_ROWS`] rows, not contiguous f32 on the CPU): use the general
+/// fewer than `cpu_gemm::MIN_ROWS` rows, not contiguous f32 on the CPU): use the general
 /// path then.
 pub fn weights_matmul(
     x: &Tensor,
