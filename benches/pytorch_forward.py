@@ -1,9 +1,13 @@
 #!/usr/bin/env python3
-"""PyTorch fp32 reference timing of one DiffuGPT-S-shaped forward (12 x 768, vocab 50257, random
+"""PyTorch reference timing of one DiffuGPT-S-shaped forward (12 x 768, vocab 50257, random
 weights, bidirectional attention, logits for every row), for side-by-side comparison with
 `diffugpt bench`. Prints JSON {"forward_ms": {"64": ..., "1024": ...}, ...}.
 
-    python3 benches/pytorch_forward.py --lens 64,1024 --reps 3 [--threads N]
+    python3 benches/pytorch_forward.py --lens 64,1024 --reps 3 [--threads N] [--dtype D]
+
+--dtype: f32 (default); bf16 (the whole model cast to bfloat16: PyTorch's own bf16 CPU path);
+int8 (torch.ao.quantization.quantize_dynamic on every nn.Linear, the tied head included: int8
+weights, activations quantised per row at run time, as PyTorch offers int8 on the CPU).
 """
 import argparse
 import json
@@ -42,12 +46,15 @@ class Gpt2(torch.nn.Module):
         self.wpe = torch.nn.Embedding(p, e)
         self.blocks = torch.nn.ModuleList(Block(e, h) for _ in range(n))
         self.ln_f = torch.nn.LayerNorm(e, eps=1e-5)
+        # Tied head as a Linear sharing the embedding, so that quantize_dynamic reaches it too.
+        self.head = torch.nn.Linear(e, v, bias=False)
+        self.head.weight = self.wte.weight
 
     def forward(self, ids):
         x = self.wte(ids) + self.wpe(torch.arange(ids.shape[1]))
         for b in self.blocks:
             x = b(x)
-        return self.ln_f(x) @ self.wte.weight.T  # tied head, every row
+        return self.head(self.ln_f(x))  # every row
 
 
 def main():
@@ -55,11 +62,16 @@ def main():
     ap.add_argument("--lens", default="64,1024")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="intra-op threads (0: PyTorch's default)")
+    ap.add_argument("--dtype", default="f32", choices=["f32", "bf16", "int8"])
     a = ap.parse_args()
     if a.threads > 0:
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     m = Gpt2().eval()
+    if a.dtype == "bf16":
+        m = m.to(torch.bfloat16)
+    elif a.dtype == "int8":
+        m = torch.ao.quantization.quantize_dynamic(m, {torch.nn.Linear}, dtype=torch.qint8)
     out = {}
     for t in [int(x) for x in a.lens.split(",")]:
         ids = (torch.arange(t) * 7919 % 50257).unsqueeze(0)
@@ -72,7 +84,7 @@ def main():
                 ms.append((time.perf_counter() - s) * 1e3)
         out[str(t)] = statistics.mean(ms)
     print(json.dumps({
-        "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "dtype": a.dtype,
         "mkl": torch.backends.mkl.is_available(), "forward_ms": out,
     }))
 

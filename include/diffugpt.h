@@ -56,6 +56,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
+// Depth rows (or, for the head, elements along `K`) per int8 block sharing one scale.
+#define QK 32
+
+// Bytes of one int8 strip block: `NR` f32 scales and `QK x NR` values.
+#define Q8_STRIP_BLOCK ((NR * 4) + (QK * NR))
+
+// Bytes of one int8 head-row block: an f32 scale and `QK` values.
+#define Q8_ROW_BLOCK (4 + QK)
+
 // Working-memory limit of one request when `dgpt_generate_params.memory_limit_bytes` is 0: 8 GiB
 // (an unsigned 64-bit constant).
 #define DGPT_DEFAULT_MEMORY_LIMIT (8ull << 30)
@@ -154,7 +163,9 @@ typedef struct {
   uint32_t device;
   // Compute threads; 0 = all cores. Applies process-wide on first use.
   uint32_t n_threads;
-  // 0 = f32; 1 = bf16 (CUDA only: on a CPU fallback the model computes in f32).
+  // 0 = f32; 1 = bf16 (CUDA: bf16 compute, and on a CPU fallback f32; CPU: bf16 weights, f32
+  // arithmetic, half the memory); 2 = int8 weights (CPU only: one f32 scale per 32 weights,
+  // 0.28x the memory). bf16 and int8 on the CPU need AVX2 or AVX-512 (else DGPT_ERR_CONFIG).
   uint32_t dtype;
   // tokenizer.json path, or NULL for the one next to the weights.
   const char *tokenizer_path;

@@ -8,14 +8,20 @@ use candle_core::{Device, Tensor};
 use serde::Serialize;
 
 use crate::config::{ModelConfig, SpecialIdOverrides, SpecialIds};
+use crate::cpu_quant::WeightFormat;
 use crate::decode::{GenerateParams, LengthMode, Session, Steps, Strategy};
 use crate::error::Result;
 use crate::length::LengthPredictor;
-use crate::model::{AttnMask, Gpt2};
+use crate::model::{AttnMask, Gpt2, KvCache};
 use crate::sampler::ConfidenceKind;
 
 /// A DiffuGPT-S-shaped model (12 x 768, vocab 50257) with random weights.
 pub fn random_small_model(seed: u64) -> Result<Gpt2> {
+    random_small_model_as(seed, WeightFormat::F32)
+}
+
+/// [`random_small_model`] with its projections and head held in `format`.
+pub fn random_small_model_as(seed: u64, format: WeightFormat) -> Result<Gpt2> {
     let cfg = ModelConfig::gpt2_small();
     let ids = SpecialIds::resolve(
         cfg.vocab_size,
@@ -24,7 +30,7 @@ pub fn random_small_model(seed: u64) -> Result<Gpt2> {
     )?;
     // As `Model::load` leaves a CPU model: projections packed for the fused kernels.
     let mut m = Gpt2::random(cfg, ids, seed, &Device::Cpu)?;
-    m.pack_for_cpu()?;
+    m.pack_for_cpu_as(format)?;
     Ok(m)
 }
 
@@ -166,6 +172,8 @@ pub struct BenchRow {
     pub forward_passes: usize,
     /// Matrix arithmetic rate of a forward row (see [`ModelConfig::forward_flops`]), GFLOP/s.
     pub gflops: Option<f64>,
+    /// The weight format the row ran with (`f32`, `bf16`, `int8`; GPU rows: `f32`).
+    pub dtype: &'static str,
 }
 
 /// Times `f` `reps` times after one warm-up; returns milliseconds.
@@ -196,6 +204,7 @@ fn forward_row(cfg: &ModelConfig, t: usize, ms: &[f64]) -> BenchRow {
         steps: 1,
         forward_passes: 1,
         gflops: Some(cfg.forward_flops(t, t) / (m / 1e3) / 1e9),
+        dtype: "f32",
     }
 }
 
@@ -204,9 +213,70 @@ pub fn bench_forward(model: &Gpt2, lens: &[usize], reps: usize) -> Result<Vec<Be
     let mut rows = Vec::new();
     for &t in lens {
         let ms = time_ms(reps, || forward_once(model, t, t))?;
-        rows.push(forward_row(&model.cfg, t, &ms));
+        let mut row = forward_row(&model.cfg, t, &ms);
+        row.dtype = model.weight_format().name();
+        rows.push(row);
     }
     Ok(rows)
+}
+
+/// Autoregressive decoding with a KV cache, as the ARM path runs it: a causal prefill of
+/// `prompt_len` positions, then `tokens` steps of one position each (its hidden state and its
+/// logits). `per_s` is tokens/s of the one-row steps alone: each reads every weight once, so
+/// it is bound by memory bandwidth (see [`memory_bandwidth_gbs`]).
+pub fn bench_arm(model: &Gpt2, prompt_len: usize, tokens: usize, reps: usize) -> Result<BenchRow> {
+    let v = model.cfg.vocab_size;
+    let prompt = bench_ids(v, prompt_len.max(1));
+    let mut cache = KvCache::new(model.cfg.n_layer);
+    let mut step_ms = Vec::new();
+    time_ms(reps, || {
+        cache.clear();
+        let input = Tensor::from_slice(&prompt, (1, prompt.len()), model.device())?;
+        model.hidden(&input, &AttnMask::Causal, Some(&mut cache))?;
+        let t0 = Instant::now();
+        for i in 0..tokens {
+            let id = [((i * 31 + 7) % v) as u32];
+            let input = Tensor::from_slice(&id, (1, 1), model.device())?;
+            let h = model
+                .hidden(&input, &AttnMask::Causal, Some(&mut cache))?
+                .squeeze(0)?;
+            let _ = model.logits(&h)?.dims();
+        }
+        step_ms.push(t0.elapsed().as_secs_f64() * 1e3);
+        Ok(())
+    })?;
+    // The first entry is the warm-up run.
+    let (m, s) = mean_std(&step_ms[1..]);
+    Ok(BenchRow {
+        test: format!("arm-kv-{tokens}"),
+        mean_ms: m,
+        std_ms: s,
+        per_s: tokens as f64 / (m / 1e3),
+        steps: tokens,
+        forward_passes: tokens,
+        gflops: None,
+        dtype: model.weight_format().name(),
+    })
+}
+
+/// Measured read bandwidth from memory on all of rayon's threads, GB/s: a 512 MiB buffer
+/// summed in parallel, best of five (the floor of a one-row step is the model's weight bytes
+/// over this).
+pub fn memory_bandwidth_gbs() -> f64 {
+    use rayon::prelude::*;
+    let buf = vec![1u64; 64 << 20];
+    let mut best = 0f64;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let sum: u64 = buf
+            .par_chunks(1 << 16)
+            .map(|c| c.iter().fold(0u64, |a, &b| a.wrapping_add(b)))
+            .sum();
+        let secs = t.elapsed().as_secs_f64();
+        assert_eq!(sum, buf.len() as u64);
+        best = best.max((buf.len() * 8) as f64 / secs / 1e9);
+    }
+    best
 }
 
 /// Decoding params used by the decode benchmark.
@@ -293,6 +363,7 @@ pub fn bench_decode_in(
             steps: st.steps,
             forward_passes: st.forward_passes,
             gflops: None,
+            dtype: "f32",
         });
     }
     Ok(rows)

@@ -496,8 +496,129 @@ pub fn matmul_nt_with(
         let o = optr;
         let n0 = blk * NB;
         // SAFETY: as in matmul_nn; this task alone writes columns n0..n0+NB.
-        unsafe { with_kernels!(isa, block_nt(x, w, o.0, m, k, n, n0, NB.min(n - n0))) };
+        unsafe {
+            with_kernels!(
+                isa,
+                block_nt(x, w.as_ptr().add(n0 * k), o.0, m, k, n, n0, NB.min(n - n0))
+            )
+        };
     });
+}
+
+/// [`matmul_prepacked`] for strip weights in any [`crate::cpu_quant`] format: bf16 and int8
+/// strips are decoded block by block into an f32 buffer (a whole strip below `PACK_MIN_ROWS`
+/// rows, a `KC_PACK`-deep panel block from there on) and the f32 kernels run on it, in the same
+/// order as on pre-packed f32 weights: the result is bitwise that of [`matmul_prepacked_with`]
+/// on the decoded weights (tested).
+///
+/// # Panics
+/// As [`matmul_prepacked`], the weight length checked against its format.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_strips_with(
+    isa: Isa,
+    x: &[f32],
+    w: crate::cpu_quant::Strips<'_>,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) {
+    use crate::cpu_quant::Strips;
+    if let Strips::F32(wp) = w {
+        return matmul_prepacked_with(isa, x, wp, bias, out, m, k, n);
+    }
+    assert_eq!(w.len(), w.expected_len(k, n), "matmul_strips: weight size");
+    check_args(isa, "matmul_strips", x, &[], 0, bias, out, m, k, n);
+    let optr = SendPtr(out.as_mut_ptr());
+    if m >= PACK_MIN_ROWS {
+        (0..n.div_ceil(NC)).into_par_iter().for_each_init(
+            || vec![0f32; KC_PACK * NC],
+            |buf, panel| {
+                let o = optr;
+                let c0 = panel * NC;
+                // SAFETY: as in `packed`.
+                unsafe {
+                    with_kernels!(
+                        isa,
+                        panel(
+                            x,
+                            Source::Decoded(w),
+                            bias,
+                            o.0,
+                            m,
+                            k,
+                            n,
+                            c0,
+                            NC.min(n - c0),
+                            buf
+                        )
+                    )
+                };
+            },
+        );
+        return;
+    }
+    // One strip per task: decoding it (K x 32) is the task's only memory traffic, and the
+    // buffer (96-384 KiB for GPT-2) stays in L2 while every row block runs over it.
+    (0..n.div_ceil(NR)).into_par_iter().for_each_init(
+        || vec![0f32; k * NR],
+        |buf, s| {
+            let o = optr;
+            w.decode(s, k, 0, k, buf);
+            // SAFETY: kernels checked above; `buf` holds the strip's K x 32 weights; this task
+            // alone writes columns s*NR..min((s+1)*NR, n).
+            unsafe { with_kernels!(isa, strip_rows(x, buf.as_ptr(), bias, o.0, m, k, n, s)) };
+        },
+    );
+}
+
+/// [`matmul_nt_with`] for head rows in any [`crate::cpu_quant`] format: blocks of vocabulary
+/// rows are decoded into an f32 buffer and the dot tiles run on it; from `PACK_MIN_ROWS` rows on,
+/// in chunks of 64 activation rows (each decodes the head once more, a few % of its products).
+/// Bitwise the result of [`matmul_nt_with`] on the decoded rows below `PACK_MIN_ROWS` rows, and
+/// on AVX2 at any row count (tested).
+///
+/// # Panics
+/// As [`matmul_nt`], the weight length checked against its format.
+pub fn matmul_nt_rows_with(
+    isa: Isa,
+    x: &[f32],
+    w: crate::cpu_quant::Rows<'_>,
+    out: &mut [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) {
+    use crate::cpu_quant::Rows;
+    if let Rows::F32(wf) = w {
+        return matmul_nt_with(isa, x, wf, out, m, k, n);
+    }
+    assert_eq!(w.len(), w.expected_len(k, n), "matmul_nt_rows: weight size");
+    check_args(isa, "matmul_nt_rows", x, &[], 0, None, out, m, k, n);
+    if m >= PACK_MIN_ROWS {
+        const NT_CHUNK: usize = 64;
+        for (xc, oc) in x.chunks(NT_CHUNK * k).zip(out.chunks_mut(NT_CHUNK * n)) {
+            matmul_nt_rows_with(isa, xc, w, oc, xc.len() / k, k, n);
+        }
+        return;
+    }
+    // 64 vocabulary rows per task (192 KiB decoded for GPT-2): the dot tiles re-read them
+    // from L2 for every row tile.
+    const NB: usize = 64;
+    let optr = SendPtr(out.as_mut_ptr());
+    (0..n.div_ceil(NB)).into_par_iter().for_each_init(
+        || vec![0f32; NB * k],
+        |buf, blk| {
+            let o = optr;
+            let n0 = blk * NB;
+            let cols = NB.min(n - n0);
+            w.decode(k, n0, cols, buf);
+            // SAFETY: kernels checked above; `buf` holds rows n0..n0+cols; this task alone
+            // writes those columns.
+            unsafe { with_kernels!(isa, block_nt(x, buf.as_ptr(), o.0, m, k, n, n0, cols)) };
+        },
+    );
 }
 
 /// Where [`drivers::panel`] finds its weights.
@@ -508,6 +629,9 @@ enum Source<'a> {
     Plain { w: &'a [f32], nt: bool },
     /// [`pack_nn`]'s layout, read in place.
     Prepacked(&'a [f32]),
+    /// The strip layout in a compressed format: each depth block of the panel's strips is
+    /// decoded into the panel's buffer first (strip after strip, `kc x 32` each).
+    Decoded(crate::cpu_quant::Strips<'a>),
 }
 
 /// The register kernels of one instruction set, behind the cache-level loops of [`drivers`]:
@@ -540,12 +664,13 @@ trait Kernels {
     );
 
     /// `out[r, c] = x[r, :] . w[c, :]` for the `NT_R x NT_C` tile at (`r0`, `c0`) when `full`,
-    /// else for the single entry there.
+    /// else for the single entry there; `wp` points at the weight row of column `c0` (rows `k`
+    /// apart), so that a decoded block of the head can stand in for the whole matrix.
     #[allow(clippy::too_many_arguments)]
     unsafe fn tile_nt(
         full: bool,
         x: &[f32],
-        w: &[f32],
+        wp: *const f32,
         out: *mut f32,
         k: usize,
         n: usize,
@@ -579,27 +704,42 @@ mod drivers {
         s1: usize,
     ) {
         for s in s0..s1 {
-            let n0 = s * NR;
-            let cols = NR.min(n - n0);
-            let wstrip = wp.as_ptr().add(s * k * NR);
-            let mut r = 0;
-            while r < m {
-                let rows = K::MR.min(m - r);
-                K::micro(
-                    rows,
-                    x.as_ptr().add(r * k),
-                    k,
-                    wstrip,
-                    NR,
-                    out.add(r * n + n0),
-                    n,
-                    k,
-                    false,
-                    bias.map(|b| b.as_ptr().add(n0)),
-                    cols,
-                );
-                r += rows;
-            }
+            strip_rows::<K>(x, wp.as_ptr().add(s * k * NR), bias, out, m, k, n, s);
+        }
+    }
+
+    /// Strip `s` of `x @ w` for all `m` rows, its `K x 32` weights at `wstrip` (in the
+    /// pre-packed weights, or decoded into a buffer).
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn strip_rows<K: Kernels>(
+        x: &[f32],
+        wstrip: *const f32,
+        bias: Option<&[f32]>,
+        out: *mut f32,
+        m: usize,
+        k: usize,
+        n: usize,
+        s: usize,
+    ) {
+        let n0 = s * NR;
+        let cols = NR.min(n - n0);
+        let mut r = 0;
+        while r < m {
+            let rows = K::MR.min(m - r);
+            K::micro(
+                rows,
+                x.as_ptr().add(r * k),
+                k,
+                wstrip,
+                NR,
+                out.add(r * n + n0),
+                n,
+                k,
+                false,
+                bias.map(|b| b.as_ptr().add(n0)),
+                cols,
+            );
+            r += rows;
         }
     }
 
@@ -693,9 +833,17 @@ mod drivers {
             let (wbase, ldw, strip_step) = match src {
                 Source::Prepacked(wp) => (wp.as_ptr().add(c0 * k + kb * NR), NR, k),
                 Source::Plain { .. } => (buf.as_ptr(), NC, 1),
+                Source::Decoded(_) => (buf.as_ptr(), NR, kc),
             };
             match src {
                 Source::Prepacked(_) => {}
+                Source::Decoded(ws) => {
+                    debug_assert!(buf.len() >= KC_PACK * NC);
+                    for (i, s0) in (0..cols).step_by(NR).enumerate() {
+                        let strip = (c0 + s0) / NR;
+                        ws.decode(strip, k, kb, kc, &mut buf[i * kc * NR..(i + 1) * kc * NR]);
+                    }
+                }
                 Source::Plain { w, nt: true } => {
                     // The head's rows are outputs: walk them in 16 x 16 tiles so both the reads
                     // (along K) and the writes (along the panel) stay within a few cache lines.
@@ -755,11 +903,12 @@ mod drivers {
         }
     }
 
-    /// Output columns `n0..n0+cols` of `x @ w^T` for all `m` rows.
+    /// Output columns `n0..n0+cols` of `x @ w^T` for all `m` rows; `wrows` points at the weight
+    /// row of column `n0` (the whole head, or a decoded block of it).
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn block_nt<K: Kernels>(
         x: &[f32],
-        w: &[f32],
+        wrows: *const f32,
         out: *mut f32,
         m: usize,
         k: usize,
@@ -778,7 +927,7 @@ mod drivers {
             let lines = (next_n * k).div_ceil(16);
             let tiles = m.div_ceil(tr);
             let per_tile = lines.div_ceil(tiles.max(1));
-            let pbase = w.as_ptr().add((n0 + next) * k);
+            let pbase = wrows.add(next * k);
             let mut line = 0;
             let mut r = 0;
             while r < m {
@@ -790,11 +939,20 @@ mod drivers {
                 }
                 let nr = tr.min(m - r);
                 if nr == tr && nc == tc {
-                    K::tile_nt(true, x, w, out, k, n, r, n0 + c);
+                    K::tile_nt(true, x, wrows.add(c * k), out, k, n, r, n0 + c);
                 } else {
                     for i in 0..nr {
                         for j in 0..nc {
-                            K::tile_nt(false, x, w, out, k, n, r + i, n0 + c + j);
+                            K::tile_nt(
+                                false,
+                                x,
+                                wrows.add((c + j) * k),
+                                out,
+                                k,
+                                n,
+                                r + i,
+                                n0 + c + j,
+                            );
                         }
                     }
                 }
@@ -839,7 +997,7 @@ mod x86 {
         unsafe fn tile_nt(
             full: bool,
             x: &[f32],
-            w: &[f32],
+            w: *const f32,
             out: *mut f32,
             k: usize,
             n: usize,
@@ -878,7 +1036,7 @@ mod x86 {
         unsafe fn tile_nt(
             full: bool,
             x: &[f32],
-            w: &[f32],
+            w: *const f32,
             out: *mut f32,
             k: usize,
             n: usize,
@@ -1002,7 +1160,7 @@ mod x86 {
         #[allow(clippy::needless_range_loop)] // parallel register arrays, indexed in step
         pub unsafe fn tile_nt<const R: usize, const C: usize>(
             x: &[f32],
-            w: &[f32],
+            wp: *const f32,
             out: *mut f32,
             k: usize,
             n: usize,
@@ -1011,7 +1169,6 @@ mod x86 {
         ) {
             let mut acc = [[_mm512_setzero_ps(); C]; R];
             let xp = x.as_ptr().add(r0 * k);
-            let wp = w.as_ptr().add(c0 * k);
             // Whole 16-lane chunks with plain loads (a mask computed per chunk cost ~10% of the
             // head at 64 rows), then the remainder, if any, masked.
             let full = k - k % 16;
@@ -1233,7 +1390,7 @@ mod x86 {
         #[allow(clippy::needless_range_loop)] // parallel register arrays, indexed in step
         pub unsafe fn tile_nt<const R: usize, const C: usize>(
             x: &[f32],
-            w: &[f32],
+            wp: *const f32,
             out: *mut f32,
             k: usize,
             n: usize,
@@ -1242,7 +1399,6 @@ mod x86 {
         ) {
             let mut acc = [[_mm256_setzero_ps(); C]; R];
             let xp = x.as_ptr().add(r0 * k);
-            let wp = w.as_ptr().add(c0 * k);
             let full = k - k % 8;
             let mut kk = 0;
             while kk < full {
@@ -1486,6 +1642,74 @@ mod tests {
                             .zip(&plain)
                             .all(|(a, b)| a.to_bits() == b.to_bits());
                         assert!(same, "{what}: differs from matmul_nn");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The bf16 and int8 paths decode and then run the f32 kernels in the f32 path's order:
+    /// bitwise the f32 pre-packed product on the decoded weights, at every row count (strip
+    /// path and panel path), with ragged strips and depths that are not multiples of 32.
+    #[test]
+    fn decoded_strips_equal_the_f32_kernels_on_the_decoded_weights() {
+        use crate::cpu_quant::{strips_to_int8, to_bf16, Strips};
+        for isa in kernel_isas() {
+            let mut seed = 11;
+            for &(m, k, n) in &[(1, 77, 45), (5, 300, 200), (64, 96, 33), (130, 300, 200)] {
+                let x = rand_vec(m * k, &mut seed);
+                let w = rand_vec(k * n, &mut seed);
+                let b = rand_vec(n, &mut seed);
+                let p = pack_nn(&w, k, n);
+                let (pb, pq) = (to_bf16(&p), strips_to_int8(&p, k, n));
+                for ws in [Strips::Bf16(&pb), Strips::Int8(&pq)] {
+                    let mut decoded = vec![0f32; p.len()];
+                    for (s, d) in decoded.chunks_exact_mut(k * NR).enumerate() {
+                        ws.decode(s, k, 0, k, d);
+                    }
+                    let mut want = vec![0f32; m * n];
+                    matmul_prepacked_with(isa, &x, &decoded, Some(&b), &mut want, m, k, n);
+                    let mut got = vec![f32::NAN; m * n];
+                    matmul_strips_with(isa, &x, ws, Some(&b), &mut got, m, k, n);
+                    let same = got
+                        .iter()
+                        .zip(&want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{isa:?} {m}x{k}x{n} ({} elements)", ws.len());
+                }
+            }
+        }
+    }
+
+    /// The head in bf16 / int8: the dot tiles on decoded blocks of vocabulary rows give the f32
+    /// head's products on the decoded rows: bitwise where both run the same tiles (below 128
+    /// rows, and under AVX2 at any count), within the f32 tolerance where AVX-512's large-row
+    /// head takes the packed path instead.
+    #[test]
+    fn decoded_head_rows_equal_the_f32_head_on_the_decoded_rows() {
+        use crate::cpu_quant::{rows_to_int8, to_bf16, Rows};
+        for isa in kernel_isas() {
+            let mut seed = 13;
+            for &(m, k, n) in &[(1, 77, 45), (7, 96, 300), (130, 64, 150)] {
+                let x = rand_vec(m * k, &mut seed);
+                let w = rand_vec(n * k, &mut seed);
+                let (rb, rq) = (to_bf16(&w), rows_to_int8(&w, k, n));
+                for rows in [Rows::Bf16(&rb), Rows::Int8(&rq)] {
+                    let mut decoded = vec![0f32; n * k];
+                    rows.decode(k, 0, n, &mut decoded);
+                    let mut want = vec![0f32; m * n];
+                    matmul_nt_with(isa, &x, &decoded, &mut want, m, k, n);
+                    let mut got = vec![f32::NAN; m * n];
+                    matmul_nt_rows_with(isa, &x, rows, &mut got, m, k, n);
+                    let what = format!("{isa:?} nt rows {m}x{k}x{n} ({} bytes)", rows.len());
+                    if m < PACK_MIN_ROWS || isa == Isa::Avx2 {
+                        let same = got
+                            .iter()
+                            .zip(&want)
+                            .all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(same, "{what}: not bitwise");
+                    } else {
+                        check(&got, &want, k, &what);
                     }
                 }
             }

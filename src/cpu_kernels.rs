@@ -10,6 +10,7 @@
 use candle_core::{CpuStorage, InplaceOp1, InplaceOp2, Layout, Tensor};
 use rayon::prelude::*;
 
+use crate::cpu_quant::{self, WeightFormat};
 use crate::error::Result;
 
 const LANES: usize = 16;
@@ -464,9 +465,10 @@ fn f32_slice<'a>(s: &'a candle_core::Storage, l: &Layout) -> Option<&'a [f32]> {
 }
 
 /// A Conv1D weight `[K, N]` rewritten into [`crate::cpu_gemm::pack_nn`]'s strip-major layout,
-/// as a tensor of shape `[ceil(N / 32), K, 32]` (the rank tells packed from plain). `None` when
-/// the weight is not contiguous f32 on the CPU.
-pub fn pack_weight(w: &Tensor) -> Result<Option<Tensor>> {
+/// as a tensor of shape `[ceil(N / 32), K, 32]` (the rank tells packed from plain) in f32 or
+/// bf16, or the int8 strip layout of [`crate::cpu_quant`] (`[ceil(N / 32), K / 32, bytes]`, u8;
+/// needs `K` a multiple of 32). `None` when the weight is not contiguous f32 on the CPU.
+pub fn pack_weight(w: &Tensor, format: WeightFormat) -> Result<Option<Tensor>> {
     let (k, n) = w.dims2()?;
     let (st, l) = w.storage_and_layout();
     let Some(data) = f32_slice(&st, l) else {
@@ -475,29 +477,213 @@ pub fn pack_weight(w: &Tensor) -> Result<Option<Tensor>> {
     let packed = crate::cpu_gemm::pack_nn(data, k, n);
     drop(st);
     let strips = n.div_ceil(crate::cpu_gemm::STRIP);
-    Ok(Some(Tensor::from_vec(
-        packed,
-        (strips, k, crate::cpu_gemm::STRIP),
-        w.device(),
-    )?))
+    let shape = (strips, k, crate::cpu_gemm::STRIP);
+    Ok(Some(match format {
+        WeightFormat::F32 => Tensor::from_vec(packed, shape, w.device())?,
+        WeightFormat::Bf16 => Tensor::from_vec(cpu_quant::to_bf16(&packed), shape, w.device())?,
+        WeightFormat::Int8 => {
+            check_int8_depth(k)?;
+            let q = cpu_quant::strips_to_int8(&packed, k, n);
+            let bytes = q.len() / (strips * (k / cpu_quant::QK));
+            Tensor::from_vec(q, (strips, k / cpu_quant::QK, bytes), w.device())?
+        }
+    }))
+}
+
+/// int8 blocks run along `K` 32 at a time, and the depth is read back from the block count.
+fn check_int8_depth(k: usize) -> Result<()> {
+    if !k.is_multiple_of(cpu_quant::QK) {
+        return Err(crate::error::Error::Config(format!(
+            "int8 weights need n_embd and n_inner to be multiples of {}; this model has a depth of {k}",
+            cpu_quant::QK
+        )));
+    }
+    Ok(())
+}
+
+/// The head (`[N, K]`, the tied embedding) in `format`: f32 as is, bf16 `[N, K]`, int8 rows
+/// `[N, K / 32 * 36]` u8. `None` when it is not contiguous f32 on the CPU.
+pub fn encode_rows(w: &Tensor, format: WeightFormat) -> Result<Option<Tensor>> {
+    let (n, k) = w.dims2()?;
+    let (st, l) = w.storage_and_layout();
+    let Some(data) = f32_slice(&st, l) else {
+        return Ok(None);
+    };
+    let t = match format {
+        WeightFormat::F32 => return Ok(None),
+        WeightFormat::Bf16 => Tensor::from_vec(cpu_quant::to_bf16(data), (n, k), w.device())?,
+        WeightFormat::Int8 => {
+            check_int8_depth(k)?;
+            let q = cpu_quant::rows_to_int8(data, k, n);
+            let bytes = q.len() / n;
+            Tensor::from_vec(q, (n, bytes), w.device())?
+        }
+    };
+    drop(st);
+    Ok(Some(t))
+}
+
+/// Views of a tensor's CPU storage in each weight format (by dtype: f32, bf16, u8 = int8).
+fn with_storage<R>(t: &Tensor, f: impl FnOnce(Option<(WeightFormat, StorageView<'_>)>) -> R) -> R {
+    let (st, l) = t.storage_and_layout();
+    let view = l.contiguous_offsets().and_then(|(a, b)| match &*st {
+        candle_core::Storage::Cpu(CpuStorage::F32(v)) => {
+            Some((WeightFormat::F32, StorageView::F32(&v[a..b])))
+        }
+        candle_core::Storage::Cpu(CpuStorage::BF16(v)) => {
+            Some((WeightFormat::Bf16, StorageView::Bf16(&v[a..b])))
+        }
+        candle_core::Storage::Cpu(CpuStorage::U8(v)) => {
+            Some((WeightFormat::Int8, StorageView::Int8(&v[a..b])))
+        }
+        _ => None,
+    });
+    f(view)
+}
+
+enum StorageView<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [half::bf16]),
+    Int8(&'a [u8]),
+}
+
+impl<'a> StorageView<'a> {
+    fn strips(self) -> cpu_quant::Strips<'a> {
+        match self {
+            StorageView::F32(v) => cpu_quant::Strips::F32(v),
+            StorageView::Bf16(v) => cpu_quant::Strips::Bf16(v),
+            StorageView::Int8(v) => cpu_quant::Strips::Int8(v),
+        }
+    }
+
+    fn rows(self) -> cpu_quant::Rows<'a> {
+        match self {
+            StorageView::F32(v) => cpu_quant::Rows::F32(v),
+            StorageView::Bf16(v) => cpu_quant::Rows::Bf16(v),
+            StorageView::Int8(v) => cpu_quant::Rows::Int8(v),
+        }
+    }
+}
+
+/// The format a packed projection or an encoded head is stored in (f32 for anything else).
+pub fn weight_format(t: &Tensor) -> WeightFormat {
+    match t.dtype() {
+        candle_core::DType::BF16 => WeightFormat::Bf16,
+        candle_core::DType::U8 => WeightFormat::Int8,
+        _ => WeightFormat::F32,
+    }
+}
+
+/// The depth `K` of a packed projection (`[strips, K or K / 32, ...]`).
+fn packed_depth(wp: &Tensor) -> Result<usize> {
+    let (_, d, _) = wp.dims3()?;
+    Ok(match weight_format(wp) {
+        WeightFormat::Int8 => d * cpu_quant::QK,
+        _ => d,
+    })
+}
+
+/// The head's rows `[N, K]` as f32 (a copy when it is stored in another format); `k` is the
+/// embedding width.
+pub fn decode_rows(w: &Tensor, k: usize) -> Result<Tensor> {
+    if weight_format(w) == WeightFormat::F32 {
+        return Ok(w.clone());
+    }
+    let n = w.dim(0)?;
+    with_storage(w, |v| {
+        let rows = v
+            .ok_or_else(|| internal("encoded head is not contiguous on the CPU"))?
+            .1
+            .rows();
+        check_rows(&rows, k, n)?;
+        let mut out = vec![0f32; n * k];
+        rows.decode(k, 0, n, &mut out);
+        Ok(Tensor::from_vec(out, (n, k), w.device())?)
+    })
+}
+
+fn check_rows(rows: &cpu_quant::Rows<'_>, k: usize, n: usize) -> Result<()> {
+    if rows.len() != rows.expected_len(k, n) {
+        return Err(internal(format!(
+            "encoded head of {} elements does not hold {n} rows of {k}",
+            rows.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Embedding lookup `[ids.len(), k]` from head-format rows (any [`WeightFormat`]).
+pub fn embed_rows(w: &Tensor, ids: &[u32], k: usize) -> Result<Tensor> {
+    let n = w.dim(0)?;
+    with_storage(w, |v| {
+        let rows = v
+            .ok_or_else(|| internal("embedding is not contiguous on the CPU"))?
+            .1
+            .rows();
+        check_rows(&rows, k, n)?;
+        let mut out = vec![0f32; ids.len() * k];
+        for (&id, o) in ids.iter().zip(out.chunks_exact_mut(k)) {
+            if id as usize >= n {
+                return Err(internal(format!("token id {id} outside the embedding")));
+            }
+            rows.decode(k, id as usize, 1, o);
+        }
+        Ok(Tensor::from_vec(out, (ids.len(), k), w.device())?)
+    })
+}
+
+/// `x [M, K] @ head[N, K]^T` for a head stored in bf16 or int8 ([`encode_rows`]).
+pub fn encoded_head_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (m, k) = x.dims2()?;
+    let n = w.dim(0)?;
+    let x = x.contiguous()?;
+    let (xs, xl) = x.storage_and_layout();
+    let xv = f32_slice(&xs, xl).ok_or_else(|| internal("head input is not f32 on the CPU"))?;
+    let out = with_storage(w, |v| {
+        let rows = v
+            .ok_or_else(|| internal("encoded head is not contiguous on the CPU"))?
+            .1
+            .rows();
+        check_rows(&rows, k, n)?;
+        let mut out = vec![0f32; m * n];
+        crate::cpu_gemm::matmul_nt_rows_with(crate::cpu_gemm::isa(), xv, rows, &mut out, m, k, n);
+        Ok::<_, crate::error::Error>(out)
+    })?;
+    drop(xs);
+    Ok(Tensor::from_vec(out, (m, n), x.device())?)
 }
 
 /// The plain `[K, N]` weight behind a packed one (`n` output columns: the padding of the last
 /// strip is dropped).
 pub fn unpack_weight(wp: &Tensor, n: usize) -> Result<Tensor> {
-    let (strips, k, strip) = wp.dims3()?;
-    if strip != crate::cpu_gemm::STRIP || strips != n.div_ceil(strip) {
+    let strips = wp.dim(0)?;
+    let k = packed_depth(wp)?;
+    if strips != n.div_ceil(crate::cpu_gemm::STRIP) {
         return Err(internal(format!(
             "packed weight {:?} does not hold {n} output columns",
             wp.dims()
         )));
     }
-    let wp = wp.to_dtype(candle_core::DType::F32)?.contiguous()?;
-    let (st, l) = wp.storage_and_layout();
-    let data = f32_slice(&st, l)
-        .ok_or_else(|| internal("packed weight is not contiguous f32 on the CPU"))?;
-    let w = crate::cpu_gemm::unpack_nn(data, k, n);
-    drop(st);
+    let w = with_storage(wp, |v| {
+        let ws = v
+            .ok_or_else(|| internal("packed weight is not contiguous on the CPU"))?
+            .1
+            .strips();
+        if ws.len() != ws.expected_len(k, n) {
+            return Err(internal(format!(
+                "packed weight {:?} for {k} x {n}",
+                wp.dims()
+            )));
+        }
+        let mut packed = vec![0f32; crate::cpu_gemm::packed_len(k, n)];
+        for (s, d) in packed
+            .chunks_exact_mut(k * crate::cpu_gemm::STRIP)
+            .enumerate()
+        {
+            ws.decode(s, k, 0, k, d);
+        }
+        Ok(crate::cpu_gemm::unpack_nn(&packed, k, n))
+    })?;
     Ok(Tensor::from_vec(w, (k, n), wp.device())?)
 }
 
@@ -510,8 +696,8 @@ pub fn prepacked_matmul(
     n: usize,
 ) -> Result<Tensor> {
     let (m, k) = x.dims2()?;
-    let (strips, wk, _) = wp.dims3()?;
-    if wk != k
+    let strips = wp.dim(0)?;
+    if packed_depth(wp)? != k
         || strips != n.div_ceil(crate::cpu_gemm::STRIP)
         || bias.is_some_and(|b| b.dims() != [n])
     {
@@ -523,18 +709,30 @@ pub fn prepacked_matmul(
     }
     let x = x.contiguous()?;
     let (xs, xl) = x.storage_and_layout();
-    let (ws, wl) = wp.storage_and_layout();
     let bs = bias.map(|b| b.storage_and_layout());
-    let not_f32 = || internal("packed matmul needs contiguous f32 CPU tensors");
+    let not_f32 = || internal("packed matmul needs contiguous f32 CPU activations and bias");
     let xv = f32_slice(&xs, xl).ok_or_else(not_f32)?;
-    let wv = f32_slice(&ws, wl).ok_or_else(not_f32)?;
     let bv = match &bs {
         Some((g, l)) => Some(f32_slice(g, l).ok_or_else(not_f32)?),
         None => None,
     };
-    let mut out = vec![0f32; m * n];
-    crate::cpu_gemm::matmul_prepacked(xv, wv, bv, &mut out, m, k, n);
-    drop((xs, ws, bs));
+    let out = with_storage(wp, |v| {
+        let ws = v
+            .ok_or_else(|| internal("packed weight is not contiguous on the CPU"))?
+            .1
+            .strips();
+        if ws.len() != ws.expected_len(k, n) {
+            return Err(internal(format!(
+                "packed weight {:?} for {k} x {n}",
+                wp.dims()
+            )));
+        }
+        let mut out = vec![0f32; m * n];
+        let isa = crate::cpu_gemm::isa();
+        crate::cpu_gemm::matmul_strips_with(isa, xv, ws, bv, &mut out, m, k, n);
+        Ok(out)
+    })?;
+    drop((xs, bs));
     Ok(Tensor::from_vec(out, (m, n), x.device())?)
 }
 

@@ -37,10 +37,17 @@ impl Model {
         let tok_path = opts.tokenizer.take().or(files.tokenizer);
         let device = opts.device;
         // On a GPU the dtype is the GPU's compute dtype; the CPU copy (ARM path, fallback)
-        // stays f32.
+        // stays f32. On the CPU, bf16 means bf16 weights with f32 arithmetic.
+        let mut cpu_weights = opts.cpu_weights;
         let gpu_dtype = if device == ComputeDevice::Cuda {
             opts.dtype.take()
         } else {
+            if opts.dtype == Some(candle_core::DType::BF16)
+                && cpu_weights == crate::cpu_quant::WeightFormat::F32
+            {
+                cpu_weights = crate::cpu_quant::WeightFormat::Bf16;
+            }
+            opts.dtype = None;
             None
         };
         let (gpt, info) = weights::load(path, opts)?;
@@ -72,9 +79,9 @@ impl Model {
             eprintln!("diffugpt: CUDA requested but not available ({why}); running on the CPU");
         }
         // After the GPU upload (which reads the plain layout): the CPU forward streams packed
-        // projections faster, with bitwise the same results.
+        // projections faster, with bitwise the same results (in f32).
         let mut gpt = gpt;
-        gpt.pack_for_cpu()?;
+        gpt.pack_for_cpu_as(cpu_weights)?;
         Ok(Model {
             gpt,
             tokenizer,
@@ -92,13 +99,17 @@ impl Model {
         crate::cuda::CudaModel::upload(gpu, gpt, d)
     }
 
-    /// Where diffusion forwards run, for reports: `cpu`, or `cuda:<GPU name>:<dtype>`.
+    /// Where diffusion forwards run, for reports: `cpu` (`cpu:bf16`, `cpu:int8` for compressed
+    /// weights), or `cuda:<GPU name>:<dtype>`.
     pub fn backend(&self) -> String {
         #[cfg(feature = "cuda")]
         if let Some(m) = &self.cuda {
             return format!("cuda:{}:{}", m.gpu.name, m.dtype.name());
         }
-        "cpu".into()
+        match self.gpt.weight_format() {
+            crate::cpu_quant::WeightFormat::F32 => "cpu".into(),
+            f => format!("cpu:{}", f.name()),
+        }
     }
 
     pub fn tokenizer(&self) -> Result<&Tokenizer> {

@@ -350,7 +350,9 @@ pub struct dgpt_model_params {
     pub device: u32,
     /// Compute threads; 0 = all cores. Applies process-wide on first use.
     pub n_threads: u32,
-    /// 0 = f32; 1 = bf16 (CUDA only: on a CPU fallback the model computes in f32).
+    /// 0 = f32; 1 = bf16 (CUDA: bf16 compute, and on a CPU fallback f32; CPU: bf16 weights, f32
+    /// arithmetic, half the memory); 2 = int8 weights (CPU only: one f32 scale per 32 weights,
+    /// 0.28x the memory). bf16 and int8 on the CPU need AVX2 or AVX-512 (else DGPT_ERR_CONFIG).
     pub dtype: u32,
     /// tokenizer.json path, or NULL for the one next to the weights.
     pub tokenizer_path: *const c_char,
@@ -427,10 +429,11 @@ pub unsafe extern "C" fn dgpt_model_load(
                 p.device
             )));
         }
-        // bf16 exists only on the GPU; a CUDA request that falls back computes in f32.
-        if p.dtype > 1 || (p.dtype == 1 && p.device != 1) {
+        // int8 weights exist only on the CPU; a CUDA request in bf16 that falls back computes in
+        // f32.
+        if p.dtype > 2 || (p.dtype == 2 && p.device != 0) {
             return Err(invalid(format!(
-                "dtype {} is not supported on device {} (0 = f32; 1 = bf16 with device 1 = CUDA)",
+                "dtype {} is not supported on device {} (0 = f32, 1 = bf16, 2 = int8 with device 0 = CPU)",
                 p.dtype, p.device
             )));
         }
@@ -479,6 +482,10 @@ pub unsafe extern "C" fn dgpt_model_load(
             dtype: match p.dtype {
                 1 => Some(candle_core::DType::BF16),
                 _ => Some(candle_core::DType::F32),
+            },
+            cpu_weights: match p.dtype {
+                2 => crate::cpu_quant::WeightFormat::Int8,
+                _ => crate::cpu_quant::WeightFormat::F32,
             },
             tokenizer,
             device: if p.device == 1 {

@@ -16,6 +16,7 @@ pub mod bench;
 pub mod config;
 pub mod cpu_gemm;
 pub mod cpu_kernels;
+pub mod cpu_quant;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod decode;

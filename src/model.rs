@@ -120,8 +120,14 @@ impl Gpt2 {
     fn fast_cpu(&self) -> bool {
         !self.differentiable
             && !self.reference_ops
-            && self.wte.device().is_cpu()
-            && self.wte.dtype() == DType::F32
+            && self.wpe.device().is_cpu()
+            && self.wpe.dtype() == DType::F32
+    }
+
+    /// The format the CPU forward keeps its projections and head in
+    /// ([`Gpt2::pack_for_cpu_as`]).
+    pub fn weight_format(&self) -> crate::cpu_quant::WeightFormat {
+        crate::cpu_kernels::weight_format(self.head())
     }
 
     /// Checks token ids against the vocabulary and the position table before they reach an
@@ -165,10 +171,14 @@ impl Gpt2 {
             )));
         }
         let e = self.cfg.n_embd;
-        let tok = self
-            .wte
-            .index_select(&ids.flatten_all()?, 0)?
-            .reshape((b, t, e))?;
+        let tok = if self.wte.dtype() == self.wpe.dtype() {
+            self.wte.index_select(&ids.flatten_all()?, 0)?
+        } else {
+            // bf16 / int8 embedding ([`Gpt2::pack_for_cpu_as`]): decode the looked-up rows.
+            let ids = ids.flatten_all()?.to_vec1::<u32>()?;
+            crate::cpu_kernels::embed_rows(&self.wte, &ids, e)?
+        }
+        .reshape((b, t, e))?;
         let pos = self.wpe.narrow(0, pos_offset, t)?;
         let mut x = tok.broadcast_add(&pos)?;
         let causal_bias = match mask {
@@ -271,6 +281,15 @@ impl Gpt2 {
 
     /// Logits `[rows, vocab]` for hidden states `[rows, n_embd]`.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        if self.head().dtype() != self.wpe.dtype() {
+            // Encoded in bf16 / int8 ([`Gpt2::pack_for_cpu_as`]): the decoding head kernels when
+            // they run, else the decoded rows through the plain path.
+            if self.fast_cpu() && crate::cpu_gemm::available() {
+                return crate::cpu_kernels::encoded_head_matmul(hidden, self.head());
+            }
+            let head = crate::cpu_kernels::decode_rows(self.head(), self.cfg.n_embd)?;
+            return Ok(hidden.matmul(&head.t()?)?);
+        }
         if self.fast_cpu() {
             if let Some(y) = crate::cpu_kernels::weights_matmul(hidden, self.head(), None, true)? {
                 return Ok(y);
@@ -321,9 +340,37 @@ impl Gpt2 {
         m(act.saturating_add(scores).saturating_add(logits), 4)
     }
 
+    /// Bytes the weights take as held (f32, or the bf16 / int8 formats of
+    /// [`Gpt2::pack_for_cpu_as`], padding of the packed strips included).
+    pub fn weight_bytes(&self) -> u64 {
+        let ln = |l: &LayerNorm| [l.weight.clone(), l.bias.clone()];
+        let mut all = vec![self.wte.clone(), self.wpe.clone()];
+        for b in &self.blocks {
+            all.extend(ln(&b.ln_1));
+            all.extend(ln(&b.ln_2));
+            all.extend([
+                b.c_attn_w.clone(),
+                b.c_attn_b.clone(),
+                b.attn_proj_w.clone(),
+                b.attn_proj_b.clone(),
+                b.c_fc_w.clone(),
+                b.c_fc_b.clone(),
+                b.mlp_proj_w.clone(),
+                b.mlp_proj_b.clone(),
+            ]);
+        }
+        all.extend(ln(&self.ln_f));
+        all.extend(self.lm_head.clone());
+        all.iter()
+            .map(|t| (t.elem_count() * t.dtype().size_in_bytes()) as u64)
+            .sum()
+    }
+
     /// Number of parameters actually held (an untied head counts).
     pub fn param_count(&self) -> u64 {
-        let head = self.lm_head.as_ref().map_or(0, |h| h.elem_count() as u64);
+        let head = self.lm_head.as_ref().map_or(0, |_| {
+            (self.cfg.vocab_size * self.cfg.n_embd) as u64 // whatever format it is held in
+        });
         self.cfg.param_count() + head
     }
 
@@ -331,8 +378,12 @@ impl Gpt2 {
     /// DiffuGPT ones without the `denoise_model.` prefix (`wte`, `h.0.ln_1.weight`, ...). Packed
     /// projections ([`Gpt2::pack_for_cpu`]) come back in their `[in, out]` layout (a copy).
     pub fn named_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        let e = self.cfg.n_embd;
         let mut out = vec![
-            ("wte.weight".to_string(), self.wte.clone()),
+            (
+                "wte.weight".to_string(),
+                crate::cpu_kernels::decode_rows(&self.wte, e)?,
+            ),
             ("wpe.weight".to_string(), self.wpe.clone()),
         ];
         for (i, b) in self.blocks.iter().enumerate() {
@@ -364,7 +415,10 @@ impl Gpt2 {
         out.push(("ln_f.weight".into(), self.ln_f.weight.clone()));
         out.push(("ln_f.bias".into(), self.ln_f.bias.clone()));
         if let Some(h) = &self.lm_head {
-            out.push(("lm_head.weight".into(), h.clone()));
+            out.push((
+                "lm_head.weight".into(),
+                crate::cpu_kernels::decode_rows(h, e)?,
+            ));
         }
         Ok(out)
     }
@@ -387,11 +441,39 @@ impl Gpt2 {
     /// that reads weights by name ([`Gpt2::named_tensors`], [`Gpt2::to_dtype`], saving, GPU
     /// upload) gets the `[in, out]` layout back, and the non-fused paths unpack per call.
     pub fn pack_for_cpu(&mut self) -> Result<bool> {
-        if self.differentiable
-            || !self.device().is_cpu()
-            || self.wte.dtype() != DType::F32
-            || !crate::cpu_gemm::available()
-        {
+        self.pack_for_cpu_as(crate::cpu_quant::WeightFormat::F32)
+    }
+
+    /// [`Gpt2::pack_for_cpu`] with the projections, and the head (the token embedding when
+    /// tied), stored in `format` ([`crate::cpu_quant`]): bf16 halves their memory, int8 takes
+    /// 0.28x of f32; the forward decodes them block by block into the f32 kernels. One tensor
+    /// at a time, in place. Without our kernels (see [`crate::cpu_gemm::isa`]) a compressed
+    /// format is refused (`Error::Config`): nothing else would read it fast. Biases, LayerNorms
+    /// and the position table stay f32.
+    pub fn pack_for_cpu_as(&mut self, format: crate::cpu_quant::WeightFormat) -> Result<bool> {
+        use crate::cpu_quant::WeightFormat;
+        let plain_f32 = !self.differentiable
+            && self.device().is_cpu()
+            && self.wte.dtype() == DType::F32
+            && self.wpe.dtype() == DType::F32;
+        if format != WeightFormat::F32 {
+            if !plain_f32 || !crate::cpu_gemm::available() {
+                return Err(Error::Config(format!(
+                    "{} weights need an f32 model for inference on a CPU with the AVX2 or AVX-512 kernels (kernels here: {})",
+                    format.name(),
+                    crate::cpu_gemm::isa().name()
+                )));
+            }
+            for d in [self.cfg.n_embd, self.cfg.n_inner] {
+                if format == WeightFormat::Int8 && !d.is_multiple_of(crate::cpu_quant::QK) {
+                    return Err(Error::Config(format!(
+                        "int8 weights need n_embd and n_inner to be multiples of {}; this model has {d}",
+                        crate::cpu_quant::QK
+                    )));
+                }
+            }
+        }
+        if !plain_f32 || !crate::cpu_gemm::available() {
             return Ok(self.is_packed());
         }
         for b in &mut self.blocks {
@@ -402,17 +484,25 @@ impl Gpt2 {
                 &mut b.mlp_proj_w,
             ] {
                 if w.rank() == 2 {
-                    if let Some(p) = crate::cpu_kernels::pack_weight(w)? {
+                    if let Some(p) = crate::cpu_kernels::pack_weight(w, format)? {
                         *w = p;
                     }
                 }
             }
         }
+        for t in [Some(&mut self.wte), self.lm_head.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            if let Some(h) = crate::cpu_kernels::encode_rows(t, format)? {
+                *t = h;
+            }
+        }
         Ok(self.is_packed())
     }
 
-    /// A copy with every projection in the plain `[in, out]` layout (for the GPU upload and
-    /// anything else that reads block weights directly).
+    /// A copy with every projection in the plain `[in, out]` layout and the embedding / head in
+    /// f32 (for the GPU upload and anything else that reads weights directly).
     pub fn unpacked(&self) -> Result<Gpt2> {
         let mut m = self.clone();
         for b in &mut m.blocks {
@@ -424,6 +514,11 @@ impl Gpt2 {
             ] {
                 *w = plain_weight(w, bias)?;
             }
+        }
+        let e = m.cfg.n_embd;
+        m.wte = crate::cpu_kernels::decode_rows(&m.wte, e)?;
+        if let Some(h) = &mut m.lm_head {
+            *h = crate::cpu_kernels::decode_rows(h, e)?;
         }
         Ok(m)
     }

@@ -81,8 +81,13 @@ pub struct LoadOptions {
     /// Called with (tensors done, tensors total) while converting; returning false cancels the
     /// load with [`Error::Cancelled`].
     pub progress: Option<Box<dyn FnMut(usize, usize) -> bool + Send>>,
-    /// Compute dtype; `None` is f32 (the only one supported on the CPU).
+    /// Compute dtype; `None` is f32. On the GPU it picks F32 or BF16 compute; on the CPU
+    /// [`crate::Model::load`] reads BF16 as `cpu_weights: Bf16` (f32 compute on bf16 weights).
     pub dtype: Option<DType>,
+    /// How the CPU forward stores its projections and head ([`crate::cpu_quant`]): f32, bf16
+    /// or int8, decoded into the f32 kernels. Compressed formats need the AVX2 or AVX-512
+    /// kernels ([`crate::cpu_gemm::isa`]); without them loading fails with `Error::Config`.
+    pub cpu_weights: crate::cpu_quant::WeightFormat,
     /// tokenizer.json to use instead of the one next to the weights.
     pub tokenizer: Option<PathBuf>,
     /// Where [`crate::Model`] runs diffusion forwards. `Cuda` without a usable GPU (or in a build

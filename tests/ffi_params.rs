@@ -379,10 +379,26 @@ fn model_params_tokenizer_check_finite_and_dtype() {
     p.tokenizer_path = missing.as_ptr();
     let (_, msg) = load(dir.path(), &p).unwrap_err();
     assert!(msg.contains("absent.json"), "{msg}");
-    // bf16 needs a GPU: on the CPU it is refused, not ignored.
+    // Unknown dtypes, and int8 on the GPU, are refused, not ignored.
+    let mut p = dgpt_model_default_params();
+    p.dtype = 3;
+    let (_, msg) = load(dir.path(), &p).unwrap_err();
+    assert!(msg.contains("dtype 3"), "{msg}");
+    p.dtype = 2;
+    p.device = 1;
+    let (_, msg) = load(dir.path(), &p).unwrap_err();
+    assert!(msg.contains("dtype 2"), "{msg}");
+    // bf16 on the CPU: bf16 weights where our kernels run, a clear refusal where they do not.
     let mut p = dgpt_model_default_params();
     p.dtype = 1;
-    assert!(load(dir.path(), &p).is_err());
+    match load(dir.path(), &p) {
+        // SAFETY: from dgpt_model_load.
+        Ok(m) => unsafe { dgpt_model_free(m) },
+        Err((_, msg)) => {
+            assert!(!diffugpt::cpu_gemm::available(), "{msg}");
+            assert!(msg.contains("kernels"), "{msg}");
+        }
+    }
     // A NaN weight loads unless check_finite asks for the scan.
     let mut t = oracle_cut_table();
     t.rows[0].push((7, f32::NAN));

@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use diffugpt::bench;
 use diffugpt::config::{ModelConfig, SpecialIdOverrides, SpecialIds};
+use diffugpt::cpu_quant::WeightFormat;
 use diffugpt::weights::{self, Layout, SaveDtype};
 use diffugpt::{
     AttnMask, ComputeDevice, GenerateParams, Gpt2, LengthMode, LengthPredictor, LoadOptions, Model,
@@ -121,9 +122,29 @@ struct ModelArgs {
     /// when there is no usable GPU or the build lacks the `cuda` feature)
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// GPU compute dtype: bf16 (default on cuda) or f32
+    /// f32, bf16 or int8. On cuda: the compute dtype (bf16 by default; int8 is refused). On the
+    /// CPU: how projections and head are stored, with f32 arithmetic (bf16: half the memory;
+    /// int8: 0.28x, one scale per 32 weights); f32 by default
     #[arg(long)]
     dtype: Option<String>,
+}
+
+/// `--dtype` for a model load: the GPU compute dtype and the CPU weight format.
+fn parse_load_dtype(
+    s: Option<&str>,
+    device: ComputeDevice,
+) -> Result<(
+    Option<candle_core::DType>,
+    diffugpt::cpu_quant::WeightFormat,
+)> {
+    use diffugpt::cpu_quant::WeightFormat;
+    Ok(match (s, device) {
+        (Some("int8" | "q8_0"), ComputeDevice::Cuda) => {
+            bail!("int8 weights run on the CPU only (--device cpu)")
+        }
+        (Some("int8" | "q8_0"), ComputeDevice::Cpu) => (None, WeightFormat::Int8),
+        (s, _) => (parse_dtype(s)?, WeightFormat::F32),
+    })
 }
 
 fn parse_dtype(s: Option<&str>) -> Result<Option<candle_core::DType>> {
@@ -131,7 +152,7 @@ fn parse_dtype(s: Option<&str>) -> Result<Option<candle_core::DType>> {
         None => None,
         Some("f32") => Some(candle_core::DType::F32),
         Some("bf16") => Some(candle_core::DType::BF16),
-        Some(o) => bail!("unknown dtype `{o}` (f32, bf16)"),
+        Some(o) => bail!("unknown dtype `{o}` (f32, bf16, int8)"),
     })
 }
 
@@ -158,6 +179,8 @@ impl ModelArgs {
                 p
             }
         };
+        let device = ComputeDevice::parse(&self.device)?;
+        let (dtype, cpu_weights) = parse_load_dtype(self.dtype.as_deref(), device)?;
         let opts = LoadOptions {
             special_ids: SpecialIdOverrides {
                 eos: self.eos_id,
@@ -166,8 +189,9 @@ impl ModelArgs {
             },
             check_finite: self.check_finite,
             tokenizer: self.tokenizer.clone(),
-            device: ComputeDevice::parse(&self.device)?,
-            dtype: parse_dtype(self.dtype.as_deref())?,
+            device,
+            dtype,
+            cpu_weights,
             ..Default::default()
         };
         Model::load(&path, opts).with_context(|| format!("loading {}", path.display()))
@@ -304,9 +328,14 @@ struct BenchArgs {
     /// cpu or cuda (falls back to the CPU with a message when no GPU is usable)
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// GPU compute dtype: bf16 (default) or f32
+    /// On cuda: the compute dtype, bf16 (default) or f32. On the CPU: the weight formats to
+    /// run, a comma-separated list of f32, bf16, int8 (default f32)
     #[arg(long)]
     dtype: Option<String>,
+    /// One-row KV-cache decoding steps of the ARM benchmark (CPU; 0 skips it), reported against
+    /// the memory-bandwidth floor
+    #[arg(long, default_value_t = 32)]
+    arm_tokens: usize,
 }
 
 #[derive(Args)]
@@ -576,68 +605,126 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
     if a.reps == 0 {
         bail!("--reps must be positive");
     }
-    let (model, name) = match &a.model {
-        Some(p) => (
-            Model::load(p, LoadOptions::default())?.gpt,
-            p.display().to_string(),
-        ),
-        None => (
-            bench::random_small_model(a.seed)?,
-            "diffugpt-s-shaped (random)".to_string(),
-        ),
+    let device = ComputeDevice::parse(&a.device)?;
+    // The CPU weight formats to run (one model each, built and dropped in turn).
+    let formats: Vec<WeightFormat> = match (&a.dtype, device) {
+        (Some(list), ComputeDevice::Cpu) => list
+            .split(',')
+            .map(|d| {
+                WeightFormat::parse(d.trim())
+                    .with_context(|| format!("unknown dtype `{d}` (f32, bf16, int8)"))
+            })
+            .collect::<Result<_>>()?,
+        _ => vec![WeightFormat::F32],
+    };
+    let load = |format: WeightFormat| -> Result<(diffugpt::model::Gpt2, String)> {
+        Ok(match &a.model {
+            Some(p) => (
+                Model::load(
+                    p,
+                    LoadOptions {
+                        cpu_weights: format,
+                        ..Default::default()
+                    },
+                )?
+                .gpt,
+                p.display().to_string(),
+            ),
+            None => (
+                bench::random_small_model_as(a.seed, format)?,
+                "diffugpt-s-shaped (random)".to_string(),
+            ),
+        })
     };
     // The threads the kernels actually run on (--threads, RAYON_NUM_THREADS or one per core).
     let threads = rayon::current_num_threads();
-    let device = ComputeDevice::parse(&a.device)?;
-    let dtype = parse_dtype(a.dtype.as_deref())?;
+    let dtype = match device {
+        ComputeDevice::Cuda => parse_dtype(a.dtype.as_deref())?,
+        ComputeDevice::Cpu => None,
+    };
+    let (model, name) = load(formats[0])?;
+    let params = model.param_count();
+    let mut weight_mb = Vec::new();
     let (rows, backend) = match bench_gpu(&model, device, dtype, &a)? {
         Some(r) => r,
         None => {
-            let mut rows = bench::bench_forward(&model, &a.forward_lens, a.reps)?;
-            if a.canvas > 0 {
-                rows.extend(bench::bench_decode(
-                    &model,
-                    a.prompt_len,
-                    a.canvas,
-                    a.steps,
-                    a.answer_len,
-                    a.reps,
-                )?);
+            let mut rows = Vec::new();
+            let mut model = Some(model);
+            for &format in &formats {
+                let m = match model.take() {
+                    Some(m) => m,
+                    None => load(format)?.0,
+                };
+                weight_mb.push((format.name(), m.weight_bytes() as f64 / 1e6));
+                rows.extend(bench::bench_forward(&m, &a.forward_lens, a.reps)?);
+                if a.arm_tokens > 0 {
+                    rows.push(bench::bench_arm(&m, a.prompt_len, a.arm_tokens, a.reps)?);
+                }
+                if a.canvas > 0 {
+                    let dec = bench::bench_decode(
+                        &m,
+                        a.prompt_len,
+                        a.canvas,
+                        a.steps,
+                        a.answer_len,
+                        a.reps,
+                    )?;
+                    rows.extend(dec.into_iter().map(|mut r| {
+                        r.dtype = format.name();
+                        r
+                    }));
+                }
             }
             (rows, "cpu".to_string())
         }
     };
-    // The ceiling the forward rows are measured against (CPU only: a GPU has its own).
+    // The ceilings the rows are measured against (CPU only: a GPU has its own): the f32 FMA
+    // peak for forwards (every format computes in f32), memory bandwidth for the one-row steps.
     let peak = if backend == "cpu" {
         bench::fma_peak_gflops()
     } else {
         None
     };
+    let bandwidth = (backend == "cpu" && a.arm_tokens > 0).then(bench::memory_bandwidth_gbs);
+    let mb_of = |d: &str| weight_mb.iter().find(|(n, _)| *n == d).map(|w| w.1);
+    // tokens/s if a one-row step cost only the reading of its weights once.
+    let floor = |r: &bench::BenchRow| -> Option<f64> {
+        r.test.starts_with("arm-").then_some(())?;
+        Some(bandwidth? * 1e3 / mb_of(r.dtype)?)
+    };
     // Which CPU kernels ran (DIFFUGPT_CPU_KERNELS can force the portable ones).
     let kernels = diffugpt::cpu_gemm::isa().name();
     match a.format {
         Format::Json => {
+            // Keys: "64" for f32, "64/bf16" for another format.
+            let key = |r: &bench::BenchRow| -> Option<String> {
+                let t = r.test.strip_prefix("forward-")?;
+                Some(match r.dtype {
+                    "f32" => t.to_string(),
+                    d => format!("{t}/{d}"),
+                })
+            };
             let forward: serde_json::Map<String, serde_json::Value> = rows
                 .iter()
-                .filter_map(|r| {
-                    Some((
-                        r.test.strip_prefix("forward-")?.to_string(),
-                        r.mean_ms.into(),
-                    ))
-                })
+                .filter_map(|r| Some((key(r)?, r.mean_ms.into())))
                 .collect();
             let gflops: serde_json::Map<String, serde_json::Value> = rows
                 .iter()
-                .filter_map(|r| {
-                    Some((
-                        r.test.strip_prefix("forward-")?.to_string(),
-                        r.gflops?.into(),
-                    ))
+                .filter_map(|r| Some((key(r)?, r.gflops?.into())))
+                .collect();
+            let arm: Vec<serde_json::Value> = rows
+                .iter()
+                .filter(|r| r.test.starts_with("arm-"))
+                .map(|r| {
+                    serde_json::json!({"dtype": r.dtype, "tokens_per_s": r.per_s,
+                        "floor_tokens_per_s": floor(r), "weight_mb": mb_of(r.dtype)})
                 })
                 .collect();
             let out = serde_json::json!({
-                "model": name, "params": model.param_count(), "backend": backend, "threads": threads,
+                "model": name, "params": params, "backend": backend, "threads": threads,
                 "forward_ms": forward, "forward_gflops": gflops, "fma_peak_gflops": peak,
+                "memory_bandwidth_gbs": bandwidth, "arm": arm,
+                "weight_mb": weight_mb.iter().map(|(d, mb)| (d.to_string(), (*mb).into())).collect::<serde_json::Map<String, serde_json::Value>>(),
                 "cpu_kernels": kernels,
                 "rows": rows,
             });
@@ -647,18 +734,25 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
             let mut o = std::io::stdout().lock();
             writeln!(
                 o,
-                "| model | params | backend | threads | test | steps | fwd passes | ms | t/s | GFLOP/s |"
+                "| model | params | backend | dtype | threads | test | steps | fwd passes | ms | t/s | GFLOP/s | % of peak |"
             )?;
             writeln!(
                 o,
-                "| --- | ---: | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |"
+                "| --- | ---: | --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
             )?;
             for r in &rows {
                 let gf = r.gflops.map_or("-".to_string(), |g| format!("{g:.1}"));
+                // Forwards against the FMA peak, one-row steps against the bandwidth floor.
+                let share = match (r.gflops, peak, floor(r)) {
+                    (Some(g), Some(p), _) => format!("{:.0}%", 100.0 * g / p),
+                    (_, _, Some(f)) => format!("{:.0}% of floor", 100.0 * r.per_s / f),
+                    _ => "-".into(),
+                };
                 writeln!(
                     o,
-                    "| {name} | {:.1} M | {backend} | {threads} | {} | {} | {} | {:.2} ± {:.2} | {:.1} | {gf} |",
-                    model.param_count() as f64 / 1e6,
+                    "| {name} | {:.1} M | {backend} | {} | {threads} | {} | {} | {} | {:.2} ± {:.2} | {:.1} | {gf} | {share} |",
+                    params as f64 / 1e6,
+                    r.dtype,
                     r.test,
                     r.steps,
                     r.forward_passes,
@@ -670,13 +764,31 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
             if let Some(p) = peak {
                 let shares: Vec<String> = rows
                     .iter()
-                    .filter_map(|r| Some(format!("{} {:.0}%", r.test, 100.0 * r.gflops? / p)))
+                    .filter_map(|r| {
+                        Some(format!(
+                            "{} {} {:.0}%",
+                            r.test,
+                            r.dtype,
+                            100.0 * r.gflops? / p
+                        ))
+                    })
                     .collect();
                 writeln!(
                     o,
                     "\nCPU f32 FMA peak, measured now (threads: {threads}): {p:.1} GFLOP/s ({}); \
                      CPU kernels: {kernels}",
                     shares.join(", ")
+                )?;
+            }
+            if let Some(bw) = bandwidth {
+                let w: Vec<String> = weight_mb
+                    .iter()
+                    .map(|(d, mb)| format!("{d} {mb:.0} MB ({:.1} tokens/s)", bw * 1e3 / mb))
+                    .collect();
+                writeln!(
+                    o,
+                    "Memory read bandwidth, measured now: {bw:.1} GB/s; weights and one-row floor: {}",
+                    w.join(", ")
                 )?;
             }
         }

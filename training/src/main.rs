@@ -73,6 +73,9 @@ enum EvalCmd {
     Probe(diffugpt_training::eval::probe::ProbeArgs),
     /// Quality of EoS-first vs fixed-length outputs on the same prompts.
     Compare(diffugpt_training::eval::quality::CompareArgs),
+    /// bf16 / int8 CPU weights against f32: top-1 agreement of every row, logit error, change
+    /// of the first-step end prediction.
+    Formats(diffugpt_training::eval::formats::FormatsArgs),
 }
 
 /// Training allocates and frees tensors of hundreds of MB every step (logits over the vocabulary,
@@ -160,6 +163,7 @@ fn run() -> Result<()> {
             );
         }
         Cmd::Eval(EvalCmd::Compare(a)) => diffugpt_training::eval::quality::run_compare(&a)?,
+        Cmd::Eval(EvalCmd::Formats(a)) => diffugpt_training::eval::formats::run(&a)?,
         Cmd::Export(a) => {
             let summary = diffugpt_training::export::run(&a)?;
             println!("{}", serde_json::to_string_pretty(&summary)?);

@@ -10,6 +10,7 @@
 //! * [`throughput`]: useful tokens/s of fixed-length vs EoS-first decoding on a real workload.
 
 pub mod eos;
+pub mod formats;
 pub mod lambada;
 pub mod probe;
 pub mod quality;

@@ -1,0 +1,363 @@
+//! Weight formats of the CPU forward: f32 (as loaded), bf16 and Q8_0-style int8, their encoding
+//! at load and their decoding into f32 blocks for [`crate::cpu_gemm`]'s kernels.
+//!
+//! The compressed formats exist for memory (bf16: half of f32; int8: 1.125 bytes per weight,
+//! 0.28x) and for memory-bound products (ARM decoding, one row per step). The arithmetic stays
+//! f32: a block of weights is decoded into an L1/L2-resident f32 buffer just before the register
+//! kernels use it, so the products are bitwise those of the f32 kernels on the decoded weights
+//! (tested), and quality is that of the rounded weights alone (activations are not quantised).
+//! On the CPUs this was built on (Zen 4 without AVX-512 VNNI/BF16 exposed) that is also the fast
+//! way: without `vpdpbusd` an int8 dot product takes as many instructions per multiply-add as an
+//! f32 FMA. Dot-product kernels for `vdpbf16ps` / VNNI hosts are future work (benches/README.md).
+//!
+//! Layouts (all little-endian, rank 3 for projections so that the model can tell them apart):
+//! * projections, bf16: [`crate::cpu_gemm::pack_nn`]'s strips `[ceil(N/32), K, 32]` as bf16;
+//! * projections, int8: per strip, per block of [`QK`] depth rows, 32 f32 scales (one per
+//!   column) then the `32 x 32` int8 values row by row: `[ceil(N/32), ceil(K/32), Q8_STRIP_BLOCK]`
+//!   bytes. Scale = max |w| / 127 over the block's column, values rounded to nearest;
+//! * head (`[N, K]` rows, the tied embedding), bf16: `[N, K]`; int8: per row, per block of 32
+//!   along `K`, one f32 scale then 32 int8 values (llama.cpp's Q8_0 with an f32 scale):
+//!   `[N, ceil(K/32) * Q8_ROW_BLOCK]` bytes.
+//!
+//! Depth beyond `K` in the last block is zero-padded.
+
+use half::bf16;
+
+/// Depth rows (or, for the head, elements along `K`) per int8 block sharing one scale.
+pub const QK: usize = 32;
+/// Columns per strip (as [`crate::cpu_gemm::pack_nn`]).
+const NR: usize = crate::cpu_gemm::STRIP;
+/// Bytes of one int8 strip block: `NR` f32 scales and `QK x NR` values.
+pub const Q8_STRIP_BLOCK: usize = NR * 4 + QK * NR;
+/// Bytes of one int8 head-row block: an f32 scale and `QK` values.
+pub const Q8_ROW_BLOCK: usize = 4 + QK;
+
+/// How the CPU forward stores the projection and head weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum WeightFormat {
+    /// As loaded (converted to f32).
+    #[default]
+    F32,
+    /// bf16 (round to nearest even), decoded to f32 in registers' reach.
+    Bf16,
+    /// int8 with one f32 scale per 32 weights (Q8_0-like).
+    Int8,
+}
+
+impl WeightFormat {
+    /// The names the CLI (`--dtype`), the C API and reports use.
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightFormat::F32 => "f32",
+            WeightFormat::Bf16 => "bf16",
+            WeightFormat::Int8 => "int8",
+        }
+    }
+
+    /// Parses `f32`, `bf16`, `int8` (or `q8_0`).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "f32" => Some(WeightFormat::F32),
+            "bf16" => Some(WeightFormat::Bf16),
+            "int8" | "q8_0" => Some(WeightFormat::Int8),
+            _ => None,
+        }
+    }
+}
+
+/// Strip weights in one of the formats, as [`crate::cpu_gemm::matmul_strips_with`] reads them.
+#[derive(Clone, Copy, Debug)]
+pub enum Strips<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [bf16]),
+    Int8(&'a [u8]),
+}
+
+impl Strips<'_> {
+    /// The element count (f32, bf16) or byte count (int8) a `k x n` weight needs.
+    pub fn expected_len(&self, k: usize, n: usize) -> usize {
+        match self {
+            Strips::F32(_) | Strips::Bf16(_) => crate::cpu_gemm::packed_len(k, n),
+            Strips::Int8(_) => n.div_ceil(NR) * k.div_ceil(QK) * Q8_STRIP_BLOCK,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Strips::F32(v) => v.len(),
+            Strips::Bf16(v) => v.len(),
+            Strips::Int8(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Rows `k0..k0 + kc` of strip `s` (of a `k`-deep weight) as f32, `kc x NR`, into `out`.
+    /// `k0` is a multiple of [`QK`] (the callers decode whole strips or `KC_PACK` blocks).
+    pub fn decode(&self, s: usize, k: usize, k0: usize, kc: usize, out: &mut [f32]) {
+        debug_assert!(k0.is_multiple_of(QK) && k0 + kc <= k && out.len() >= kc * NR);
+        match *self {
+            Strips::F32(w) => out[..kc * NR].copy_from_slice(&w[(s * k + k0) * NR..][..kc * NR]),
+            Strips::Bf16(w) => bf16_to_f32(&w[(s * k + k0) * NR..][..kc * NR], &mut out[..kc * NR]),
+            Strips::Int8(w) => {
+                let blocks = k.div_ceil(QK);
+                let mut done = 0;
+                while done < kc {
+                    let b = (k0 + done) / QK;
+                    let rows = QK.min(kc - done);
+                    let blk = &w[(s * blocks + b) * Q8_STRIP_BLOCK..][..Q8_STRIP_BLOCK];
+                    let (scales, vals) = blk.split_at(NR * 4);
+                    let mut sc = [0f32; NR];
+                    for (c, s4) in sc.iter_mut().zip(scales.chunks_exact(4)) {
+                        *c = f32::from_le_bytes([s4[0], s4[1], s4[2], s4[3]]);
+                    }
+                    int8_rows_to_f32(&vals[..rows * NR], &sc, &mut out[done * NR..][..rows * NR]);
+                    done += rows;
+                }
+            }
+        }
+    }
+}
+
+/// Head rows (`[N, K]`) in one of the formats.
+#[derive(Clone, Copy, Debug)]
+pub enum Rows<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [bf16]),
+    Int8(&'a [u8]),
+}
+
+impl Rows<'_> {
+    /// The element (byte, for int8) count of `n` rows of `k`.
+    pub fn expected_len(&self, k: usize, n: usize) -> usize {
+        match self {
+            Rows::F32(_) | Rows::Bf16(_) => n * k,
+            Rows::Int8(_) => n * k.div_ceil(QK) * Q8_ROW_BLOCK,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Rows::F32(v) => v.len(),
+            Rows::Bf16(v) => v.len(),
+            Rows::Int8(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Rows `r0..r0 + rows` (each `k` long) as f32 into `out` (`rows x k`).
+    pub fn decode(&self, k: usize, r0: usize, rows: usize, out: &mut [f32]) {
+        debug_assert!(out.len() >= rows * k);
+        match *self {
+            Rows::F32(w) => out[..rows * k].copy_from_slice(&w[r0 * k..][..rows * k]),
+            Rows::Bf16(w) => bf16_to_f32(&w[r0 * k..][..rows * k], &mut out[..rows * k]),
+            Rows::Int8(w) => {
+                let row_bytes = k.div_ceil(QK) * Q8_ROW_BLOCK;
+                for (i, o) in out[..rows * k].chunks_exact_mut(k).enumerate() {
+                    let row = &w[(r0 + i) * row_bytes..][..row_bytes];
+                    for (blk, oc) in row.chunks_exact(Q8_ROW_BLOCK).zip(o.chunks_mut(QK)) {
+                        let s = f32::from_le_bytes([blk[0], blk[1], blk[2], blk[3]]);
+                        for (v, q) in oc.iter_mut().zip(&blk[4..]) {
+                            *v = s * (*q as i8) as f32;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// bf16 to f32: the bf16 bits are the f32's upper half (exact).
+fn bf16_to_f32(src: &[bf16], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu_gemm::isa() >= crate::cpu_gemm::Isa::Avx2 {
+        // SAFETY: the CPU has AVX2 (isa() never exceeds what it detects).
+        unsafe { bf16_to_f32_avx2(src, out) };
+        return;
+    }
+    bf16_to_f32_body(src, out)
+}
+
+#[inline(always)]
+fn bf16_to_f32_body(src: &[bf16], out: &mut [f32]) {
+    for (o, s) in out.iter_mut().zip(src) {
+        *o = f32::from_bits((s.to_bits() as u32) << 16);
+    }
+}
+
+/// The same loop compiled for AVX2, which LLVM vectorises (zero-extend and shift, 8 per op).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn bf16_to_f32_avx2(src: &[bf16], out: &mut [f32]) {
+    bf16_to_f32_body(src, out)
+}
+
+/// `rows x NR` int8 values times their column's scale.
+fn int8_rows_to_f32(vals: &[u8], scales: &[f32; NR], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu_gemm::isa() >= crate::cpu_gemm::Isa::Avx2 {
+        // SAFETY: as in `bf16_to_f32`.
+        unsafe { int8_rows_to_f32_avx2(vals, scales, out) };
+        return;
+    }
+    int8_rows_to_f32_body(vals, scales, out)
+}
+
+#[inline(always)]
+fn int8_rows_to_f32_body(vals: &[u8], scales: &[f32; NR], out: &mut [f32]) {
+    for (o, v) in out.chunks_exact_mut(NR).zip(vals.chunks_exact(NR)) {
+        for c in 0..NR {
+            o[c] = scales[c] * (v[c] as i8) as f32;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn int8_rows_to_f32_avx2(vals: &[u8], scales: &[f32; NR], out: &mut [f32]) {
+    int8_rows_to_f32_body(vals, scales, out)
+}
+
+/// f32 to bf16, round to nearest even (NaN stays NaN).
+pub fn to_bf16(w: &[f32]) -> Vec<bf16> {
+    w.iter().map(|&v| bf16::from_f32(v)).collect()
+}
+
+/// One scale and the rounded values for `vals` (at most [`QK`]): scale = max |v| / 127.
+fn quantize_block(vals: impl Iterator<Item = f32> + Clone) -> (f32, impl Iterator<Item = i8>) {
+    let amax = vals.clone().fold(0f32, |a, v| a.max(v.abs()));
+    let scale = amax / 127.0;
+    let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+    (
+        scale,
+        vals.map(move |v| (v * inv).round().clamp(-127.0, 127.0) as i8),
+    )
+}
+
+/// Strip-packed f32 (`pack_nn`'s layout) of a `k x n` weight to the int8 strip layout.
+pub fn strips_to_int8(packed: &[f32], k: usize, n: usize) -> Vec<u8> {
+    assert_eq!(packed.len(), crate::cpu_gemm::packed_len(k, n));
+    let (strips, blocks) = (n.div_ceil(NR), k.div_ceil(QK));
+    let mut out = vec![0u8; strips * blocks * Q8_STRIP_BLOCK];
+    for s in 0..strips {
+        let strip = &packed[s * k * NR..][..k * NR];
+        for b in 0..blocks {
+            let rows = QK.min(k - b * QK);
+            let blk = &mut out[(s * blocks + b) * Q8_STRIP_BLOCK..][..Q8_STRIP_BLOCK];
+            let (scales, vals) = blk.split_at_mut(NR * 4);
+            for c in 0..NR {
+                let col = (0..rows).map(|r| strip[(b * QK + r) * NR + c]);
+                let (scale, q) = quantize_block(col);
+                scales[c * 4..c * 4 + 4].copy_from_slice(&scale.to_le_bytes());
+                for (r, q) in q.enumerate() {
+                    vals[r * NR + c] = q as u8;
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `[n, k]` f32 rows to the int8 row layout.
+pub fn rows_to_int8(w: &[f32], k: usize, n: usize) -> Vec<u8> {
+    assert_eq!(w.len(), n * k);
+    let row_bytes = k.div_ceil(QK) * Q8_ROW_BLOCK;
+    let mut out = vec![0u8; n * row_bytes];
+    for (row, o) in w.chunks_exact(k).zip(out.chunks_exact_mut(row_bytes)) {
+        for (vals, blk) in row.chunks(QK).zip(o.chunks_exact_mut(Q8_ROW_BLOCK)) {
+            let (scale, q) = quantize_block(vals.iter().copied());
+            blk[..4].copy_from_slice(&scale.to_le_bytes());
+            for (d, q) in blk[4..].iter_mut().zip(q) {
+                *d = q as u8;
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rand_vec(len: usize, seed: u64) -> Vec<f32> {
+        let mut rng = crate::rng::Rng::new(seed);
+        (0..len).map(|_| rng.next_f32() * 2.0 - 1.0).collect()
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for f in [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::Int8] {
+            assert_eq!(WeightFormat::parse(f.name()), Some(f));
+        }
+        assert_eq!(WeightFormat::parse("q8_0"), Some(WeightFormat::Int8));
+        assert_eq!(WeightFormat::parse("f16"), None);
+    }
+
+    /// Decoding gives back each weight within half a quantisation step of its block (int8) or
+    /// bf16's relative rounding (2^-9), for a depth that is not a multiple of 32 and a ragged
+    /// last strip; and the decoded blocks at any `QK`-aligned depth offset agree with the whole.
+    #[test]
+    fn decoded_strips_and_rows_are_within_rounding() {
+        let (k, n) = (77, 45);
+        let w = rand_vec(k * n, 7);
+        let packed = crate::cpu_gemm::pack_nn(&w, k, n);
+        let b = to_bf16(&packed);
+        let q = strips_to_int8(&packed, k, n);
+        for (fmt, strips) in [("bf16", Strips::Bf16(&b)), ("int8", Strips::Int8(&q))] {
+            assert_eq!(strips.len(), strips.expected_len(k, n), "{fmt}");
+            for s in 0..n.div_ceil(NR) {
+                let mut whole = vec![0f32; k * NR];
+                strips.decode(s, k, 0, k, &mut whole);
+                for r in 0..k {
+                    for c in 0..NR {
+                        let want = packed[(s * k + r) * NR + c];
+                        let got = whole[r * NR + c];
+                        let tol = match fmt {
+                            "bf16" => want.abs() / 256.0,
+                            // Half a step of the column's block; the block max is <= 1.
+                            _ => 0.5 / 127.0 + 1e-6,
+                        };
+                        assert!(
+                            (got - want).abs() <= tol,
+                            "{fmt} s{s} r{r} c{c}: {got} vs {want}"
+                        );
+                    }
+                }
+                let mut part = vec![0f32; 40 * NR];
+                strips.decode(s, k, 32, 40, &mut part);
+                assert_eq!(part, whole[32 * NR..72 * NR], "{fmt} offset block");
+            }
+        }
+        let rb = to_bf16(&w);
+        let rq = rows_to_int8(&w, n, k); // k rows of n
+        for (fmt, rows) in [("bf16", Rows::Bf16(&rb)), ("int8", Rows::Int8(&rq))] {
+            assert_eq!(rows.len(), rows.expected_len(n, k), "{fmt}");
+            let mut out = vec![0f32; 3 * n];
+            rows.decode(n, 5, 3, &mut out);
+            for (i, (&got, &want)) in out.iter().zip(&w[5 * n..8 * n]).enumerate() {
+                let tol = if fmt == "bf16" {
+                    want.abs() / 256.0
+                } else {
+                    0.5 / 127.0 + 1e-6
+                };
+                assert!((got - want).abs() <= tol, "{fmt} {i}: {got} vs {want}");
+            }
+        }
+    }
+
+    /// An all-zero block has scale 0 and decodes to zeros (no division by zero, no NaN).
+    #[test]
+    fn zero_blocks_stay_zero() {
+        let (k, n) = (32, 32);
+        let packed = vec![0f32; crate::cpu_gemm::packed_len(k, n)];
+        let q = strips_to_int8(&packed, k, n);
+        let mut out = vec![1f32; k * NR];
+        Strips::Int8(&q).decode(0, k, 0, k, &mut out);
+        assert!(out.iter().all(|&v| v == 0.0));
+    }
+}
