@@ -56,15 +56,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-// Depth rows (or, for the head, elements along `K`) per int8 block sharing one scale.
-#define QK 32
-
-// Bytes of one int8 strip block: `NR` f32 scales and `QK x NR` values.
-#define Q8_STRIP_BLOCK ((NR * 4) + (QK * NR))
-
-// Bytes of one int8 head-row block: an f32 scale and `QK` values.
-#define Q8_ROW_BLOCK (4 + QK)
-
 // Working-memory limit of one request when `dgpt_generate_params.memory_limit_bytes` is 0: 8 GiB
 // (an unsigned 64-bit constant).
 #define DGPT_DEFAULT_MEMORY_LIMIT (8ull << 30)

@@ -24,13 +24,14 @@
 use half::bf16;
 
 /// Depth rows (or, for the head, elements along `K`) per int8 block sharing one scale.
-pub const QK: usize = 32;
+/// (Crate-private, as the two below: cbindgen would otherwise export them into the C header.)
+pub(crate) const QK: usize = 32;
 /// Columns per strip (as [`crate::cpu_gemm::pack_nn`]).
 const NR: usize = crate::cpu_gemm::STRIP;
 /// Bytes of one int8 strip block: `NR` f32 scales and `QK x NR` values.
-pub const Q8_STRIP_BLOCK: usize = NR * 4 + QK * NR;
+pub(crate) const Q8_STRIP_BLOCK: usize = NR * 4 + QK * NR;
 /// Bytes of one int8 head-row block: an f32 scale and `QK` values.
-pub const Q8_ROW_BLOCK: usize = 4 + QK;
+pub(crate) const Q8_ROW_BLOCK: usize = 4 + QK;
 
 /// How the CPU forward stores the projection and head weights.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
