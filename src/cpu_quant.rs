@@ -12,7 +12,7 @@
 //!
 //! Layouts (all little-endian, rank 3 for projections so that the model can tell them apart):
 //! * projections, bf16: [`crate::cpu_gemm::pack_nn`]'s strips `[ceil(N/32), K, 32]` as bf16;
-//! * projections, int8: per strip, per block of [`QK`] depth rows, 32 f32 scales (one per
+//! * projections, int8: per strip, per block of `QK` (32) depth rows, 32 f32 scales (one per
 //!   column) then the `32 x 32` int8 values row by row: `[ceil(N/32), ceil(K/32), Q8_STRIP_BLOCK]`
 //!   bytes. Scale = max |w| / 127 over the block's column, values rounded to nearest;
 //! * head (`[N, K]` rows, the tied embedding), bf16: `[N, K]`; int8: per row, per block of 32
@@ -96,7 +96,7 @@ impl Strips<'_> {
     }
 
     /// Rows `k0..k0 + kc` of strip `s` (of a `k`-deep weight) as f32, `kc x NR`, into `out`.
-    /// `k0` is a multiple of [`QK`] (the callers decode whole strips or `KC_PACK` blocks).
+    /// `k0` is a multiple of `QK` (32) (the callers decode whole strips or `KC_PACK` blocks).
     pub fn decode(&self, s: usize, k: usize, k0: usize, kc: usize, out: &mut [f32]) {
         debug_assert!(k0.is_multiple_of(QK) && k0 + kc <= k && out.len() >= kc * NR);
         match *self {
