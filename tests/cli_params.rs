@@ -297,7 +297,11 @@ fn dtype_is_checked() {
             ),
         }
     }
-    let err = run(m.path(), &["--canvas", "4", "--device", "cuda", "--dtype", "int8"]).unwrap_err();
+    let err = run(
+        m.path(),
+        &["--canvas", "4", "--device", "cuda", "--dtype", "int8"],
+    )
+    .unwrap_err();
     assert!(err.contains("CPU only"), "{err}");
     let err = run(m.path(), &["--canvas", "4", "--dtype", "f8"]).unwrap_err();
     assert!(err.contains("unknown dtype"), "{err}");

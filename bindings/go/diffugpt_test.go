@@ -181,6 +181,35 @@ func TestLoadOptions(t *testing.T) {
 	}
 }
 
+// Dtype: bf16 and int8 weights load and generate where the CPU has the kernels (a StatusConfig
+// refusal otherwise); an unknown one is refused before the C call.
+func TestLoadDtype(t *testing.T) {
+	dir := fixturePath(t)
+	for _, d := range []string{"bf16", "int8"} {
+		m, err := LoadModel(dir, &ModelOptions{Dtype: d})
+		if err != nil {
+			wantStatus(t, err, StatusConfig)
+			continue
+		}
+		s, err := m.NewSession()
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := s.Generate("Hello", smallParams())
+		if err != nil {
+			t.Fatalf("%s: %v", d, err)
+		}
+		checkStats(t, r, 16)
+		s.Close()
+		m.Close()
+	}
+	if _, err := LoadModel(dir, &ModelOptions{Dtype: "fp8"}); err == nil {
+		t.Fatal("Dtype fp8 was accepted")
+	} else {
+		wantStatus(t, err, StatusInvalidArg)
+	}
+}
+
 func TestLoadErrors(t *testing.T) {
 	_, err := LoadModel(filepath.Join(t.TempDir(), "does-not-exist"), nil)
 	wantStatus(t, err, StatusIO)

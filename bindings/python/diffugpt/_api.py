@@ -311,6 +311,7 @@ class Model:
         pad_id: Optional[int] = None,
         check_finite: bool = False,
         n_threads: int = 0,
+        dtype: str = "f32",
         progress: Optional[ProgressCallback] = None,
         lib_path: Optional[PathLike] = None,
     ) -> "Model":
@@ -320,6 +321,9 @@ class Model:
         ``eos_id`` / ``mask_id``: overrides of the detected ids (None keeps them).
         ``pad_id``: None or -1 keeps the model's, -2 removes it, >= 0 sets it.
         ``n_threads``: compute threads, 0 = all cores (process-wide, first use wins).
+        ``dtype``: how the CPU keeps the projection and head weights: ``"f32"``, ``"bf16"`` (half
+        the memory) or ``"int8"`` (0.29x; widths in multiples of 32); the arithmetic stays f32.
+        bf16 and int8 need a CPU with AVX2 or AVX-512 (else a CONFIG error).
         ``progress(fraction)`` is called during loading; an exception raised in it is re-raised
         here after the load.
         """
@@ -332,6 +336,10 @@ class Model:
         params.pad_id = -1 if pad_id is None else _int_in(pad_id, "pad_id", *i64)
         params.check_finite = _bool(check_finite, "check_finite")
         params.n_threads = _int_in(n_threads, "n_threads", 0, 2**32 - 1)
+        dtypes = {"f32": 0, "bf16": 1, "int8": 2}
+        if not isinstance(dtype, str) or dtype not in dtypes:
+            raise ValueError(f"dtype must be one of {sorted(dtypes)}, not {dtype!r}")
+        params.dtype = dtypes[dtype]
         tok = None
         if tokenizer is not None:
             tok = _path(tokenizer, "tokenizer")

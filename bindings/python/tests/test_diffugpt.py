@@ -223,6 +223,25 @@ def test_generate_eos_first_default(model):
     assert len(r.tokens) <= r.stats.final_canvas_len
 
 
+@pytest.mark.parametrize("dtype", ["bf16", "int8"])
+def test_load_in_a_weight_dtype(fixture_path, dtype):
+    try:
+        m = diffugpt.Model.load(fixture_path, dtype=dtype)
+    except DiffuGPTError as e:  # a CPU without the AVX2 / AVX-512 kernels
+        assert e.status == Status.CONFIG and "kernels" in str(e), e
+        return
+    try:
+        r = m.generate("Hello world", canvas_len=16)
+        _check_stats(r, 16)
+    finally:
+        m.close()
+
+
+def test_unknown_weight_dtype_is_refused(fixture_path):
+    with pytest.raises(ValueError, match="dtype"):
+        diffugpt.Model.load(fixture_path, dtype="fp8")
+
+
 def test_generate_fixed(model):
     r = model.generate("Hello world", canvas_len=12, length_mode="fixed")
     _check_stats(r, 12)
