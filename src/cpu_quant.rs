@@ -159,15 +159,11 @@ impl Rows<'_> {
             Rows::Bf16(w) => bf16_to_f32(&w[r0 * k..][..rows * k], &mut out[..rows * k]),
             Rows::Int8(w) => {
                 let row_bytes = k.div_ceil(QK) * Q8_ROW_BLOCK;
-                for (i, o) in out[..rows * k].chunks_exact_mut(k).enumerate() {
-                    let row = &w[(r0 + i) * row_bytes..][..row_bytes];
-                    for (blk, oc) in row.chunks_exact(Q8_ROW_BLOCK).zip(o.chunks_mut(QK)) {
-                        let s = f32::from_le_bytes([blk[0], blk[1], blk[2], blk[3]]);
-                        for (v, q) in oc.iter_mut().zip(&blk[4..]) {
-                            *v = s * (*q as i8) as f32;
-                        }
-                    }
-                }
+                int8_head_rows_to_f32(
+                    &w[r0 * row_bytes..][..rows * row_bytes],
+                    k,
+                    &mut out[..rows * k],
+                );
             }
         }
     }
@@ -222,6 +218,36 @@ fn int8_rows_to_f32_body(vals: &[u8], scales: &[f32; NR], out: &mut [f32]) {
 #[target_feature(enable = "avx2")]
 unsafe fn int8_rows_to_f32_avx2(vals: &[u8], scales: &[f32; NR], out: &mut [f32]) {
     int8_rows_to_f32_body(vals, scales, out)
+}
+
+/// Whole int8 head rows (`k` each, in [`Q8_ROW_BLOCK`]s) times their block's scale.
+fn int8_head_rows_to_f32(w: &[u8], k: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu_gemm::isa() >= crate::cpu_gemm::Isa::Avx2 {
+        // SAFETY: as in `bf16_to_f32`.
+        unsafe { int8_head_rows_to_f32_avx2(w, k, out) };
+        return;
+    }
+    int8_head_rows_to_f32_body(w, k, out)
+}
+
+#[inline(always)]
+fn int8_head_rows_to_f32_body(w: &[u8], k: usize, out: &mut [f32]) {
+    let row_bytes = k.div_ceil(QK) * Q8_ROW_BLOCK;
+    for (row, o) in w.chunks_exact(row_bytes).zip(out.chunks_exact_mut(k)) {
+        for (blk, oc) in row.chunks_exact(Q8_ROW_BLOCK).zip(o.chunks_mut(QK)) {
+            let s = f32::from_le_bytes([blk[0], blk[1], blk[2], blk[3]]);
+            for (v, q) in oc.iter_mut().zip(&blk[4..]) {
+                *v = s * (*q as i8) as f32;
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn int8_head_rows_to_f32_avx2(w: &[u8], k: usize, out: &mut [f32]) {
+    int8_head_rows_to_f32_body(w, k, out)
 }
 
 /// f32 to bf16, round to nearest even (NaN stays NaN).
