@@ -200,14 +200,24 @@ fn c_api_device_cuda_falls_back_without_a_gpu() {
     assert!(!m.is_null());
     // SAFETY: from dgpt_model_load.
     unsafe { dgpt_model_free(m) };
-    // bf16 without CUDA is refused; unknown devices too.
+    // bf16 on the CPU is a weight format of its own (cpu:bf16), so it loads.
     let mut q = dgpt_model_default_params();
     q.dtype = 1;
+    // SAFETY: as above.
+    let st = unsafe { dgpt_model_load(path.as_ptr(), &q, &mut m) };
+    assert_eq!(st, DGPT_OK);
+    // SAFETY: from dgpt_model_load.
+    unsafe { dgpt_model_free(m) };
+    // int8 is CPU-only: asked for with the CUDA device it is refused, even where CUDA would
+    // fall back, so the caller never silently gets a different format than it asked for.
+    q.dtype = 2;
+    q.device = 1;
     // SAFETY: as above.
     assert_ne!(
         unsafe { dgpt_model_load(path.as_ptr(), &q, &mut m) },
         DGPT_OK
     );
+    // Unknown devices are refused too.
     q.dtype = 0;
     q.device = 7;
     // SAFETY: as above.
