@@ -115,6 +115,36 @@ pub fn fma_peak_gflops() -> Option<f64> {
     }
 }
 
+/// Measured int8 dot-product throughput (`vpdpbusd`, 64 byte multiply-adds per instruction, two
+/// operations each) on all of rayon's threads, in GOP/s: the ceiling of the int8 forward where it
+/// runs on [`crate::cpu_int8`]'s VNNI kernels (`None` where it does not). Chains and repeats as
+/// [`fma_peak_gflops`].
+pub fn int8_peak_gops() -> Option<f64> {
+    if !crate::cpu_int8::active() {
+        return None;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        const ITERS: usize = 8_000_000;
+        let mut best = 0f64;
+        for _ in 0..7 {
+            let t = Instant::now();
+            let sums = rayon::broadcast(|ctx| {
+                // SAFETY: `cpu_int8::active()` implies AVX-512F and AVX512_VNNI.
+                unsafe { fma_chains::vnni(ITERS, std::hint::black_box(1 + ctx.index() as i32)) }
+            });
+            std::hint::black_box(sums.iter().sum::<i32>());
+            let ops = (ITERS * fma_chains::CHAINS * 64 * 2 * sums.len()) as f64;
+            best = best.max(ops / t.elapsed().as_secs_f64() / 1e9);
+        }
+        Some(best)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        None
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod fma_chains {
     use std::arch::x86_64::*;
@@ -138,6 +168,26 @@ mod fma_chains {
             .iter()
             .fold(_mm512_setzero_ps(), |s, a| _mm512_add_ps(s, *a));
         _mm512_reduce_add_ps(s)
+    }
+
+    /// `CHAINS` x `iters` `vpdpbusd`s (int32 sums of four byte products per lane).
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    pub unsafe fn vnni(iters: usize, seed: i32) -> i32 {
+        let mut acc: [__m512i; CHAINS] =
+            std::array::from_fn(|i| _mm512_set1_epi32(seed + i as i32));
+        let (a, b) = (
+            _mm512_set1_epi32(0x0102_0304),
+            _mm512_set1_epi32(-0x0101_0102),
+        );
+        for _ in 0..iters {
+            for c in acc.iter_mut() {
+                *c = _mm512_dpbusd_epi32(*c, a, b);
+            }
+        }
+        let s = acc
+            .iter()
+            .fold(_mm512_setzero_si512(), |s, c| _mm512_add_epi32(s, *c));
+        _mm512_reduce_add_epi32(s)
     }
 
     /// As [`zmm`] with 8-lane AVX2 registers.

@@ -502,7 +502,9 @@ fn check_int8_depth(k: usize) -> Result<()> {
 }
 
 /// The head (`[N, K]`, the tied embedding) in `format`: f32 as is, bf16 `[N, K]`, int8 rows
-/// `[N, K / 32 * 36]` u8. `None` when it is not contiguous f32 on the CPU.
+/// `[N, K / 32 * 36]` u8 — or, where the VNNI kernels run ([`crate::cpu_int8::active`]), the
+/// same bytes in strip order as `[1, N, K / 32 * 36]` (the rank tells the layouts apart). `None`
+/// when it is not contiguous f32 on the CPU.
 pub fn encode_rows(w: &Tensor, format: WeightFormat) -> Result<Option<Tensor>> {
     let (n, k) = w.dims2()?;
     let (st, l) = w.storage_and_layout();
@@ -514,9 +516,15 @@ pub fn encode_rows(w: &Tensor, format: WeightFormat) -> Result<Option<Tensor>> {
         WeightFormat::Bf16 => Tensor::from_vec(cpu_quant::to_bf16(data), (n, k), w.device())?,
         WeightFormat::Int8 => {
             check_int8_depth(k)?;
-            let q = cpu_quant::rows_to_int8(data, k, n);
-            let bytes = q.len() / n;
-            Tensor::from_vec(q, (n, bytes), w.device())?
+            if crate::cpu_int8::active() {
+                let q = cpu_quant::rows_to_int8_strips(data, k, n);
+                let bytes = q.len() / n;
+                Tensor::from_vec(q, (1, n, bytes), w.device())?
+            } else {
+                let q = cpu_quant::rows_to_int8(data, k, n);
+                let bytes = q.len() / n;
+                Tensor::from_vec(q, (n, bytes), w.device())?
+            }
         }
     };
     drop(st);
@@ -556,10 +564,12 @@ impl<'a> StorageView<'a> {
         }
     }
 
-    fn rows(self) -> cpu_quant::Rows<'a> {
+    /// The head view; `strip_order`: an int8 head of rank 3 ([`encode_rows`]).
+    fn rows(self, strip_order: bool) -> cpu_quant::Rows<'a> {
         match self {
             StorageView::F32(v) => cpu_quant::Rows::F32(v),
             StorageView::Bf16(v) => cpu_quant::Rows::Bf16(v),
+            StorageView::Int8(v) if strip_order => cpu_quant::Rows::Int8Strips(v),
             StorageView::Int8(v) => cpu_quant::Rows::Int8(v),
         }
     }
@@ -589,17 +599,22 @@ pub fn decode_rows(w: &Tensor, k: usize) -> Result<Tensor> {
     if weight_format(w) == WeightFormat::F32 {
         return Ok(w.clone());
     }
-    let n = w.dim(0)?;
+    let n = head_rows(w)?;
     with_storage(w, |v| {
         let rows = v
             .ok_or_else(|| internal("encoded head is not contiguous on the CPU"))?
             .1
-            .rows();
+            .rows(w.rank() == 3);
         check_rows(&rows, k, n)?;
         let mut out = vec![0f32; n * k];
         rows.decode(k, 0, n, &mut out);
         Ok(Tensor::from_vec(out, (n, k), w.device())?)
     })
+}
+
+/// The vocabulary rows of an encoded head (`[N, ..]`, or `[1, N, ..]` in strip order).
+fn head_rows(w: &Tensor) -> Result<usize> {
+    Ok(w.dim(w.rank().saturating_sub(2))?)
 }
 
 fn check_rows(rows: &cpu_quant::Rows<'_>, k: usize, n: usize) -> Result<()> {
@@ -614,12 +629,12 @@ fn check_rows(rows: &cpu_quant::Rows<'_>, k: usize, n: usize) -> Result<()> {
 
 /// Embedding lookup `[ids.len(), k]` from head-format rows (any [`WeightFormat`]).
 pub fn embed_rows(w: &Tensor, ids: &[u32], k: usize) -> Result<Tensor> {
-    let n = w.dim(0)?;
+    let n = head_rows(w)?;
     with_storage(w, |v| {
         let rows = v
             .ok_or_else(|| internal("embedding is not contiguous on the CPU"))?
             .1
-            .rows();
+            .rows(w.rank() == 3);
         check_rows(&rows, k, n)?;
         let mut out = vec![0f32; ids.len() * k];
         for (&id, o) in ids.iter().zip(out.chunks_exact_mut(k)) {
@@ -635,7 +650,7 @@ pub fn embed_rows(w: &Tensor, ids: &[u32], k: usize) -> Result<Tensor> {
 /// `x [M, K] @ head[N, K]^T` for a head stored in bf16 or int8 ([`encode_rows`]).
 pub fn encoded_head_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let (m, k) = x.dims2()?;
-    let n = w.dim(0)?;
+    let n = head_rows(w)?;
     let x = x.contiguous()?;
     let (xs, xl) = x.storage_and_layout();
     let xv = f32_slice(&xs, xl).ok_or_else(|| internal("head input is not f32 on the CPU"))?;
@@ -643,10 +658,23 @@ pub fn encoded_head_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
         let rows = v
             .ok_or_else(|| internal("encoded head is not contiguous on the CPU"))?
             .1
-            .rows();
+            .rows(w.rank() == 3);
         check_rows(&rows, k, n)?;
         let mut out = vec![0f32; m * n];
-        crate::cpu_gemm::matmul_nt_rows_with(crate::cpu_gemm::isa(), xv, rows, &mut out, m, k, n);
+        match rows {
+            cpu_quant::Rows::Int8Strips(q) => {
+                crate::cpu_int8::matmul_head_q8(xv, q, &mut out, m, k, n)
+            }
+            _ => crate::cpu_gemm::matmul_nt_rows_with(
+                crate::cpu_gemm::isa(),
+                xv,
+                rows,
+                &mut out,
+                m,
+                k,
+                n,
+            ),
+        }
         Ok::<_, crate::error::Error>(out)
     })?;
     drop(xs);
@@ -728,8 +756,16 @@ pub fn prepacked_matmul(
             )));
         }
         let mut out = vec![0f32; m * n];
-        let isa = crate::cpu_gemm::isa();
-        crate::cpu_gemm::matmul_strips_with(isa, xv, ws, bv, &mut out, m, k, n);
+        match ws {
+            // int8 on a VNNI CPU: integer dot products on quantised activations.
+            crate::cpu_quant::Strips::Int8(q) if crate::cpu_int8::active() => {
+                crate::cpu_int8::matmul_strips_q8(xv, q, bv, &mut out, m, k, n)
+            }
+            _ => {
+                let isa = crate::cpu_gemm::isa();
+                crate::cpu_gemm::matmul_strips_with(isa, xv, ws, bv, &mut out, m, k, n)
+            }
+        }
         Ok(out)
     })?;
     drop((xs, bs));

@@ -6,18 +6,27 @@
 //! f32: a block of weights is decoded into an L1/L2-resident f32 buffer just before the register
 //! kernels use it, so the products are bitwise those of the f32 kernels on the decoded weights
 //! (tested), and quality is that of the rounded weights alone (activations are not quantised).
-//! On the CPUs this was built on (Zen 4 without AVX-512 VNNI/BF16 exposed) that is also the fast
-//! way: without `vpdpbusd` an int8 dot product takes as many instructions per multiply-add as an
-//! f32 FMA. Dot-product kernels for `vdpbf16ps` / VNNI hosts are future work (benches/README.md).
+//! Without `vpdpbusd` that is also the fast way: an int8 dot product then takes as many
+//! instructions per multiply-add as an f32 FMA. On CPUs with AVX-512 VNNI the int8 projections
+//! run on [`crate::cpu_int8`]'s integer dot products instead (activations quantised per block of
+//! 32). bf16 stays on the decode path everywhere: `vdpbf16ps` was measured at half the f32 FMA
+//! rate on the AVX512_BF16 Xeon it was tried on (benches/README.md).
 //!
 //! Layouts (all little-endian, rank 3 for projections so that the model can tell them apart):
 //! * projections, bf16: [`crate::cpu_gemm::pack_nn`]'s strips `[ceil(N/32), K, 32]` as bf16;
 //! * projections, int8: per strip, per block of `QK` (32) depth rows, 32 f32 scales (one per
-//!   column) then the `32 x 32` int8 values row by row: `[ceil(N/32), ceil(K/32), Q8_STRIP_BLOCK]`
-//!   bytes. Scale = max |w| / 127 over the block's column, values rounded to nearest;
+//!   column) then the `32 x 32` int8 values in the order `vpdpbusd` reads them — groups of four
+//!   depth rows, in each group the 32 columns' four values contiguous (byte `(r / 4) * 128 +
+//!   c * 4 + r % 4`) — each stored plus 128 (XOR `0x80`: unsigned, the operand `vpdpbusd`
+//!   takes unsigned): `[ceil(N/32), ceil(K/32), Q8_STRIP_BLOCK]` bytes. Scale = max |w| / 127
+//!   over the block's column, values rounded to nearest;
 //! * head (`[N, K]` rows, the tied embedding), bf16: `[N, K]`; int8: per row, per block of 32
 //!   along `K`, one f32 scale then 32 int8 values (llama.cpp's Q8_0 with an f32 scale):
-//!   `[N, ceil(K/32) * Q8_ROW_BLOCK]` bytes.
+//!   `[N, ceil(K/32) * Q8_ROW_BLOCK]` bytes. Where [`crate::cpu_int8`]'s VNNI kernels run, the
+//!   int8 head is kept instead as the strips of the `[K, N]` weight it multiplies as (the same
+//!   per-row, per-32 blocks: identical values and scales), in the projections' `vpdpbusd` order,
+//!   the last strip compact (`N % 32` columns: 36 bytes per column and block, no padding), so
+//!   that the head runs on the same kernels; same size ([`Rows::Int8Strips`]).
 //!
 //! Depth beyond `K` in the last block is zero-padded.
 
@@ -114,7 +123,7 @@ impl Strips<'_> {
                     for (c, s4) in sc.iter_mut().zip(scales.chunks_exact(4)) {
                         *c = f32::from_le_bytes([s4[0], s4[1], s4[2], s4[3]]);
                     }
-                    int8_rows_to_f32(&vals[..rows * NR], &sc, &mut out[done * NR..][..rows * NR]);
+                    int8_rows_to_f32(vals, rows, &sc, &mut out[done * NR..][..rows * NR]);
                     done += rows;
                 }
             }
@@ -128,6 +137,8 @@ pub enum Rows<'a> {
     F32(&'a [f32]),
     Bf16(&'a [bf16]),
     Int8(&'a [u8]),
+    /// int8 in the strip order of [`rows_to_int8_strips`] (for the VNNI kernels).
+    Int8Strips(&'a [u8]),
 }
 
 impl Rows<'_> {
@@ -135,7 +146,7 @@ impl Rows<'_> {
     pub fn expected_len(&self, k: usize, n: usize) -> usize {
         match self {
             Rows::F32(_) | Rows::Bf16(_) => n * k,
-            Rows::Int8(_) => n * k.div_ceil(QK) * Q8_ROW_BLOCK,
+            Rows::Int8(_) | Rows::Int8Strips(_) => n * k.div_ceil(QK) * Q8_ROW_BLOCK,
         }
     }
 
@@ -143,7 +154,7 @@ impl Rows<'_> {
         match self {
             Rows::F32(v) => v.len(),
             Rows::Bf16(v) => v.len(),
-            Rows::Int8(v) => v.len(),
+            Rows::Int8(v) | Rows::Int8Strips(v) => v.len(),
         }
     }
 
@@ -164,6 +175,26 @@ impl Rows<'_> {
                     k,
                     &mut out[..rows * k],
                 );
+            }
+            Rows::Int8Strips(w) => {
+                // A gather (four bytes of a column per 4 x 32-byte group): fine for the
+                // embedding's few rows per step and for the copies that read weights by name.
+                let n = w.len() / (k.div_ceil(QK) * Q8_ROW_BLOCK);
+                for (i, o) in out[..rows * k].chunks_exact_mut(k).enumerate() {
+                    let v = r0 + i;
+                    let (s, c) = (v / NR, v % NR);
+                    let lc = NR.min(n - s * NR);
+                    let strip = &w[s * k.div_ceil(QK) * Q8_STRIP_BLOCK..];
+                    for (b, ob) in o.chunks_mut(QK).enumerate() {
+                        let blk = &strip[b * lc * Q8_ROW_BLOCK..][..lc * Q8_ROW_BLOCK];
+                        let sc = f32::from_le_bytes(blk[c * 4..c * 4 + 4].try_into().unwrap());
+                        let vals = &blk[lc * 4..];
+                        for (kk, x) in ob.iter_mut().enumerate() {
+                            let q = vals[(kk / 4) * lc * 4 + c * 4 + kk % 4] ^ 0x80;
+                            *x = sc * (q as i8) as f32;
+                        }
+                    }
+                }
             }
         }
     }
@@ -194,30 +225,35 @@ unsafe fn bf16_to_f32_avx2(src: &[bf16], out: &mut [f32]) {
     bf16_to_f32_body(src, out)
 }
 
-/// `rows x NR` int8 values times their column's scale.
-fn int8_rows_to_f32(vals: &[u8], scales: &[f32; NR], out: &mut [f32]) {
+/// The first `rows` depth rows of a block's int8 values (`vpdpbusd` order, biased by 128)
+/// times their column's scale, row by row (`rows x NR`).
+fn int8_rows_to_f32(vals: &[u8], rows: usize, scales: &[f32; NR], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if crate::cpu_gemm::isa() >= crate::cpu_gemm::Isa::Avx2 {
         // SAFETY: as in `bf16_to_f32`.
-        unsafe { int8_rows_to_f32_avx2(vals, scales, out) };
+        unsafe { int8_rows_to_f32_avx2(vals, rows, scales, out) };
         return;
     }
-    int8_rows_to_f32_body(vals, scales, out)
+    int8_rows_to_f32_body(vals, rows, scales, out)
 }
 
 #[inline(always)]
-fn int8_rows_to_f32_body(vals: &[u8], scales: &[f32; NR], out: &mut [f32]) {
-    for (o, v) in out.chunks_exact_mut(NR).zip(vals.chunks_exact(NR)) {
-        for c in 0..NR {
-            o[c] = scales[c] * (v[c] as i8) as f32;
+fn int8_rows_to_f32_body(vals: &[u8], rows: usize, scales: &[f32; NR], out: &mut [f32]) {
+    // A group of four depth rows is 128 bytes: column c's four values at c * 4.
+    for (g, grp) in vals.chunks_exact(4 * NR).enumerate().take(rows.div_ceil(4)) {
+        for j in 0..4.min(rows - 4 * g) {
+            let o = &mut out[(4 * g + j) * NR..][..NR];
+            for c in 0..NR {
+                o[c] = scales[c] * ((grp[c * 4 + j] ^ 0x80) as i8) as f32;
+            }
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn int8_rows_to_f32_avx2(vals: &[u8], scales: &[f32; NR], out: &mut [f32]) {
-    int8_rows_to_f32_body(vals, scales, out)
+unsafe fn int8_rows_to_f32_avx2(vals: &[u8], rows: usize, scales: &[f32; NR], out: &mut [f32]) {
+    int8_rows_to_f32_body(vals, rows, scales, out)
 }
 
 /// Whole int8 head rows (`k` each, in [`Q8_ROW_BLOCK`]s) times their block's scale.
@@ -277,12 +313,14 @@ pub fn strips_to_int8(packed: &[f32], k: usize, n: usize) -> Vec<u8> {
             let rows = QK.min(k - b * QK);
             let blk = &mut out[(s * blocks + b) * Q8_STRIP_BLOCK..][..Q8_STRIP_BLOCK];
             let (scales, vals) = blk.split_at_mut(NR * 4);
+            // Zero is 0x80 biased: the depth padding of a last block.
+            vals.fill(0x80);
             for c in 0..NR {
                 let col = (0..rows).map(|r| strip[(b * QK + r) * NR + c]);
                 let (scale, q) = quantize_block(col);
                 scales[c * 4..c * 4 + 4].copy_from_slice(&scale.to_le_bytes());
                 for (r, q) in q.enumerate() {
-                    vals[r * NR + c] = q as u8;
+                    vals[(r / 4) * NR * 4 + c * 4 + r % 4] = (q as u8) ^ 0x80;
                 }
             }
         }
@@ -301,6 +339,37 @@ pub fn rows_to_int8(w: &[f32], k: usize, n: usize) -> Vec<u8> {
             blk[..4].copy_from_slice(&scale.to_le_bytes());
             for (d, q) in blk[4..].iter_mut().zip(q) {
                 *d = q as u8;
+            }
+        }
+    }
+    out
+}
+
+/// `[n, k]` f32 rows (`k` a multiple of [`QK`]) to [`Rows::Int8Strips`]: the row layout's
+/// blocks (one scale per row per 32 along `K`, the same values) rearranged as the strips of the
+/// `[k, n]` weight: per strip of 32 rows (the last one `n % 32`, compact), per block, the
+/// strip's scales then its values in `vpdpbusd` order biased by 128.
+pub fn rows_to_int8_strips(w: &[f32], k: usize, n: usize) -> Vec<u8> {
+    assert_eq!(w.len(), n * k);
+    assert!(
+        k.is_multiple_of(QK),
+        "int8 strips need K a multiple of {QK}"
+    );
+    let blocks = k / QK;
+    let mut out = vec![0x80u8; n * blocks * Q8_ROW_BLOCK];
+    for s in 0..n.div_ceil(NR) {
+        let lc = NR.min(n - s * NR);
+        let strip = &mut out[s * blocks * Q8_STRIP_BLOCK..];
+        for b in 0..blocks {
+            let blk = &mut strip[b * lc * Q8_ROW_BLOCK..][..lc * Q8_ROW_BLOCK];
+            let (scales, vals) = blk.split_at_mut(lc * 4);
+            for c in 0..lc {
+                let row = &w[(s * NR + c) * k + b * QK..][..QK];
+                let (scale, q) = quantize_block(row.iter().copied());
+                scales[c * 4..c * 4 + 4].copy_from_slice(&scale.to_le_bytes());
+                for (kk, q) in q.enumerate() {
+                    vals[(kk / 4) * lc * 4 + c * 4 + kk % 4] = (q as u8) ^ 0x80;
+                }
             }
         }
     }
@@ -374,6 +443,23 @@ mod tests {
                 };
                 assert!((got - want).abs() <= tol, "{fmt} {i}: {got} vs {want}");
             }
+        }
+    }
+
+    /// The strip-ordered head holds exactly the row layout's values: decoding any rows of
+    /// either gives the same floats, with a compact last strip (45 = 32 + 13 rows).
+    #[test]
+    fn int8_head_strips_decode_like_rows() {
+        let (k, n) = (64, 45);
+        let w = rand_vec(k * n, 9);
+        let (rq, sq) = (rows_to_int8(&w, k, n), rows_to_int8_strips(&w, k, n));
+        assert_eq!(sq.len(), Rows::Int8Strips(&sq).expected_len(k, n));
+        for (r0, rows) in [(0, n), (31, 3), (44, 1)] {
+            let mut a = vec![0f32; rows * k];
+            let mut b = vec![1f32; rows * k];
+            Rows::Int8(&rq).decode(k, r0, rows, &mut a);
+            Rows::Int8Strips(&sq).decode(k, r0, rows, &mut b);
+            assert_eq!(a, b, "rows {r0}..{}", r0 + rows);
         }
     }
 

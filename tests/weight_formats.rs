@@ -152,7 +152,18 @@ fn compressed_weights_match_the_f32_forward() {
         let plain = m.unpacked().unwrap();
         let back = plain.forward_logits(&x, &AttnMask::Bidirectional).unwrap();
         let e = rel_err(&back.to_vec2::<f32>().unwrap(), &got);
-        assert!(e <= 1e-4, "{} decoded copy rel err {e}", f.name());
+        // The same weights: 1e-4, unless int8 runs on VNNI dot products (activations rounded
+        // to int8 per block of 32 as well): then within the format's tolerance.
+        let same_weights_tol = if f == WeightFormat::Int8 && diffugpt::cpu_int8::active() {
+            tol(f)
+        } else {
+            1e-4
+        };
+        assert!(
+            e <= same_weights_tol,
+            "{} decoded copy rel err {e}",
+            f.name()
+        );
     }
 }
 

@@ -685,6 +685,10 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
     } else {
         None
     };
+    // int8 forwards on the VNNI kernels: against the measured int8 dot-product peak instead.
+    let int8_peak = (backend == "cpu" && rows.iter().any(|r| r.dtype == "int8"))
+        .then(bench::int8_peak_gops)
+        .flatten();
     let bandwidth = (backend == "cpu" && a.arm_tokens > 0).then(bench::memory_bandwidth_gbs);
     let mb_of = |d: &str| weight_mb.iter().find(|(n, _)| *n == d).map(|w| w.1);
     // tokens/s if a one-row step cost only the reading of its weights once.
@@ -694,6 +698,8 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
     };
     // Which CPU kernels ran (DIFFUGPT_CPU_KERNELS can force the portable ones).
     let kernels = diffugpt::cpu_gemm::isa().name();
+    // How int8 projections multiply (VNNI dot products, or decoded to f32; DIFFUGPT_CPU_INT8).
+    let int8_path = diffugpt::cpu_int8::path_name();
     match a.format {
         Format::Json => {
             // Keys: "64" for f32, "64/bf16" for another format.
@@ -723,9 +729,11 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
             let out = serde_json::json!({
                 "model": name, "params": params, "backend": backend, "threads": threads,
                 "forward_ms": forward, "forward_gflops": gflops, "fma_peak_gflops": peak,
+                "int8_peak_gops": int8_peak,
                 "memory_bandwidth_gbs": bandwidth, "arm": arm,
                 "weight_mb": weight_mb.iter().map(|(d, mb)| (d.to_string(), (*mb).into())).collect::<serde_json::Map<String, serde_json::Value>>(),
                 "cpu_kernels": kernels,
+                "cpu_int8": int8_path,
                 "rows": rows,
             });
             println!("{}", serde_json::to_string_pretty(&out)?);
@@ -744,6 +752,9 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
                 let gf = r.gflops.map_or("-".to_string(), |g| format!("{g:.1}"));
                 // Forwards against the FMA peak, one-row steps against the bandwidth floor.
                 let share = match (r.gflops, peak, floor(r)) {
+                    (Some(g), _, _) if r.dtype == "int8" && int8_peak.is_some() => {
+                        format!("{:.0}% of int8", 100.0 * g / int8_peak.unwrap_or(1.0))
+                    }
                     (Some(g), Some(p), _) => format!("{:.0}%", 100.0 * g / p),
                     (_, _, Some(f)) => format!("{:.0}% of floor", 100.0 * r.per_s / f),
                     _ => "-".into(),
@@ -776,8 +787,16 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
                 writeln!(
                     o,
                     "\nCPU f32 FMA peak, measured now (threads: {threads}): {p:.1} GFLOP/s ({}); \
-                     CPU kernels: {kernels}",
+                     CPU kernels: {kernels}; int8 products: {int8_path}",
                     shares.join(", ")
+                )?;
+            }
+            if let Some(ip) = int8_peak {
+                writeln!(
+                    o,
+                    "int8 dot-product (VNNI) peak, measured now: {ip:.1} GOP/s ({:.1}x the f32 FMA peak); \
+                     the int8 rows' % is of this peak",
+                    ip / peak.unwrap_or(f64::NAN)
                 )?;
             }
             if let Some(bw) = bandwidth {
