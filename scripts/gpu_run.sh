@@ -28,7 +28,7 @@
 #               glibc symbol versions too), then executes the whole plan with stub binaries
 #               (STUB_FAIL_TEST=NAME, STUB_SLEEP=S, STUB_CPU_FALLBACK=1 steer them);
 #   --selftest  dry runs that check the logic: all pass, a failing test stops the run and shows its
-#               output, a GPU fallback skips the benchmarks, a tiny DEADLINE and a SIGTERM still
+#               output, a GPU fallback skips the benchmarks, a 6 s DEADLINE and a SIGTERM still
 #               write summary.md and leave no process behind (run by scripts/cuda_ci_check.sh).
 # Environment: OUT (default /tmp/diffugpt-gpu-out), DEADLINE, PACK (default target/gpu-pack),
 #   TEST_TIMEOUT (per test, default 150 s), TEST_PASSES (1 or 2, default 2), BENCH_REPS (default
@@ -58,10 +58,12 @@ selftest() {
   has() { grep -q -- "$2" "$1/summary.md" 2>/dev/null; }
   # Stub test names: fixed, so the scenarios do not depend on what the pack holds.
   export STUB_TESTS="kernel_one_matches_cpu kernel_two_matches_cpu forward_three_matches_cpu"
-  export STUB_PIDS=$tmp/pids MIN_STEP=1
-  mkdir -p "$STUB_PIDS"
+  export MIN_STEP=1
+  # Each scenario's stubs write their PIDs (and their sleeps') here, to find any left running.
+  pids() { export STUB_PIDS=$tmp/pids/$1; mkdir -p "$STUB_PIDS"; }
 
   # 1. Everything passes.
+  pids pass
   OUT=$tmp/pass DEADLINE=60 bash "$self" --dry-run > "$tmp/pass.log" 2>&1; rc=$?
   if [ $rc -eq 0 ] && has "$tmp/pass" "^status: PASS" && has "$tmp/pass" "kernel_two_matches_cpu" &&
     has "$tmp/pass" "bench-bf16-decode" && has "$tmp/pass" "pytorch" &&
@@ -74,6 +76,7 @@ selftest() {
   fi
 
   # 2. The second test fails in the first pass: stop there, its output in the summary.
+  pids fail
   OUT=$tmp/fail DEADLINE=60 STUB_FAIL_TEST=kernel_two_matches_cpu bash "$self" --dry-run \
     > "$tmp/fail.log" 2>&1; rc=$?
   if [ $rc -eq 1 ] && has "$tmp/fail" "^status: FAIL" &&
@@ -85,6 +88,7 @@ selftest() {
   fi
 
   # 3. The CLI falls back to the CPU: no benchmarks.
+  pids fallback
   OUT=$tmp/fallback DEADLINE=60 STUB_CPU_FALLBACK=1 bash "$self" --dry-run \
     > "$tmp/fallback.log" 2>&1; rc=$?
   if [ $rc -eq 1 ] && has "$tmp/fallback" "fell back to the CPU" && ! has "$tmp/fallback" "| bench-"; then
@@ -94,10 +98,11 @@ selftest() {
   fi
 
   # 4. A tiny deadline while a test hangs: the watchdog stops it, summary.md is still written.
+  pids deadline
   t0=$(date +%s)
-  OUT=$tmp/deadline DEADLINE=3 STUB_SLEEP=60 bash "$self" --dry-run > "$tmp/deadline.log" 2>&1
+  OUT=$tmp/deadline DEADLINE=6 STUB_SLEEP=60 bash "$self" --dry-run > "$tmp/deadline.log" 2>&1
   rc=$?
-  if [ $rc -eq 124 ] && [ $(($(date +%s) - t0)) -le 12 ] && has "$tmp/deadline" "^status: DEADLINE" &&
+  if [ $rc -eq 124 ] && [ $(($(date +%s) - t0)) -le 15 ] && has "$tmp/deadline" "^status: DEADLINE" &&
     has "$tmp/deadline" "test1:kernel_one_matches_cpu" && [ -s "$tmp/deadline/raw.tgz" ] &&
     has "$tmp/deadline" "stub: kernel_one_matches_cpu hangs" &&
     ! has "$tmp/deadline" "kernel_two_matches_cpu"; then
@@ -107,9 +112,14 @@ selftest() {
   fi
 
   # 5. SIGTERM from outside (e.g. a supervisor): same.
+  pids term
   OUT=$tmp/term DEADLINE=60 STUB_SLEEP=60 bash "$self" --dry-run > "$tmp/term.log" 2>&1 &
   pid=$!
-  sleep 2
+  # once the hung test runs (a TERM before the traps are set would only test bash)
+  for _ in $(seq 200); do
+    compgen -G "$STUB_PIDS/sleep*" > /dev/null && break
+    sleep 0.1
+  done
   kill -TERM "$pid"
   wait "$pid"; rc=$?
   if [ $rc -eq 124 ] && has "$tmp/term" "^status: KILLED"; then
@@ -121,7 +131,7 @@ selftest() {
   # No stub left running (the hung tests of 4 and 5 and their sleeps must have been killed).
   sleep 1
   local p st left=0
-  for p in "$STUB_PIDS"/*; do
+  for p in "$tmp"/pids/*/*; do
     [ -e "$p" ] || continue
     # (a zombie, killed and not yet reaped by whoever inherited it, is not running)
     st=$(ps -o stat= -p "$(cat "$p")" 2>/dev/null) || continue
