@@ -29,7 +29,8 @@
 #               (STUB_FAIL_TEST=NAME, STUB_SLEEP=S, STUB_CPU_FALLBACK=1 steer them);
 #   --selftest  dry runs that check the logic: all pass, a failing test stops the run and shows its
 #               output, a GPU fallback skips the benchmarks, a 6 s DEADLINE and a SIGTERM still
-#               write summary.md and leave no process behind (run by scripts/cuda_ci_check.sh).
+#               write summary.md and leave no process behind; after a SIGKILL the summary of the
+#               steps done is there (run by scripts/cuda_ci_check.sh).
 # Environment: OUT (default /tmp/diffugpt-gpu-out), DEADLINE, PACK (default target/gpu-pack),
 #   TEST_TIMEOUT (per test, default 150 s), TEST_PASSES (1 or 2, default 2), BENCH_REPS (default
 #   10), SKIP_PYTORCH=1, MIN_STEP (a step starts only with this many seconds left, default 5).
@@ -51,14 +52,15 @@ esac
 # ---------------------------------------------------------------------------------------------
 # --selftest: dry runs in temporary directories, checked from the outside.
 selftest() {
-  local tmp fails=0 t0 rc pid
+  local tmp fails=0 t0 rc pid p
   tmp=$(mktemp -d /tmp/gpu_run_selftest.XXXXXX)
   ok() { echo "selftest ok: $*"; }
   bad() { echo "selftest FAILED: $*" >&2; fails=$((fails + 1)); }
   has() { grep -q -- "$2" "$1/summary.md" 2>/dev/null; }
   # Stub test names: fixed, so the scenarios do not depend on what the pack holds.
   export STUB_TESTS="kernel_one_matches_cpu kernel_two_matches_cpu forward_three_matches_cpu"
-  export MIN_STEP=1
+  export MIN_STEP=1 TMPDIR=$tmp/tmp
+  mkdir -p "$TMPDIR"
   # Each scenario's stubs write their PIDs (and their sleeps') here, to find any left running.
   pids() { export STUB_PIDS=$tmp/pids/$1; mkdir -p "$STUB_PIDS"; }
 
@@ -128,9 +130,28 @@ selftest() {
     bad "SIGTERM dry run (rc $rc)"; tail -n 30 "$tmp/term.log" >&2
   fi
 
+  # 6. SIGKILL (the device tool's own limit): no trap runs, but the summary of the steps done is
+  # there. (The hung stub outlives it here: killed below, it is no survivor of a trapped end.)
+  pids kill
+  OUT=$tmp/kill DEADLINE=60 STUB_SLEEP=60 bash "$self" --dry-run > "$tmp/kill.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 200); do
+    compgen -G "$STUB_PIDS/sleep*" > /dev/null && break
+    sleep 0.1
+  done
+  kill -KILL "$pid"
+  wait "$pid" 2>/dev/null
+  for p in "$STUB_PIDS"/*; do kill -KILL "$(cat "$p")" 2>/dev/null; done
+  rm -rf "${STUB_PIDS:?}"
+  if has "$tmp/kill" "^status: RUNNING" && has "$tmp/kill" "| list-tests | ok |" && [ -s "$tmp/kill/raw.tgz" ]; then
+    ok "SIGKILL: summary.md and raw.tgz hold the steps done before it"
+  else
+    bad "SIGKILL dry run"; tail -n 30 "$tmp/kill.log" >&2
+  fi
+
   # No stub left running (the hung tests of 4 and 5 and their sleeps must have been killed).
   sleep 1
-  local p st left=0
+  local st left=0
   for p in "$tmp"/pids/*/*; do
     [ -e "$p" ] || continue
     # (a zombie, killed and not yet reaped by whoever inherited it, is not running)
@@ -145,7 +166,7 @@ selftest() {
 
   if [ $fails -eq 0 ]; then
     rm -rf "$tmp"
-    echo "gpu_run.sh --selftest: 5 scenarios passed"
+    echo "gpu_run.sh --selftest: 6 scenarios passed"
     return 0
   fi
   echo "gpu_run.sh --selftest: $fails failed (logs in $tmp)" >&2
@@ -168,7 +189,7 @@ MIN_STEP=${MIN_STEP:-5}
 start=$(date +%s)
 deadline_at=$((start + DEADLINE))
 mkdir -p "$out"
-work=$(mktemp -d /tmp/gpu_run.XXXXXX)
+work=$(mktemp -d "${TMPDIR:-/tmp}/gpu_run.XXXXXX")
 mkdir -p "$work/logs"
 : > "$work/steps.tsv"   # step, status, rc, seconds, command
 : > "$work/tests.tsv"   # pass, test, status, seconds
@@ -312,7 +333,11 @@ trap on_signal TERM INT
 main_pid=$$
 (
   trap - EXIT TERM INT
-  while [ "$(date +%s)" -lt "$deadline_at" ]; do sleep 0.5; done
+  # (and gone soon after the run, should it be SIGKILLed)
+  while [ "$(date +%s)" -lt "$deadline_at" ]; do
+    kill -0 "$main_pid" 2>/dev/null || exit 0
+    sleep 0.5
+  done
   : > "$work/deadline_hit"
   kill -TERM "$main_pid" 2>/dev/null
 ) &
@@ -351,7 +376,9 @@ run_step() {
   [ $rc -eq 124 ] && res="timed out (${budget} s)"
   printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$res" "$rc" "$(($(date +%s) - step_t0))" "$current_cmd" \
     >> "$work/steps.tsv"
+  # Everything so far, in case the run is killed where no trap runs (SIGKILL at the tool's limit).
   write_summary
+  collect
   return $rc
 }
 
@@ -504,8 +531,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # GPU and driver, for the summary.
-"$NVSMI" > "$work/nvidia-smi.txt" 2>&1
-"$NVSMI" --query-gpu=name,driver_version,memory.total,compute_cap --format=csv,noheader \
+timeout 20 "$NVSMI" > "$work/nvidia-smi.txt" 2>&1
+timeout 20 "$NVSMI" --query-gpu=name,driver_version,memory.total,compute_cap --format=csv,noheader \
   > "$work/gpu.txt" 2>/dev/null || echo "nvidia-smi failed (no driver?)" > "$work/gpu.txt"
 grep -o 'CUDA Version: *[0-9.]*' "$work/nvidia-smi.txt" | head -n1 | sed 's/.*: *//' > "$work/cuda_version.txt"
 write_summary
