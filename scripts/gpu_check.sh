@@ -116,6 +116,13 @@ dry=$(mktemp -d)
 OUT=$dry bash scripts/gpu_run.sh --dry-run | tail -n 3
 rm -rf "$dry"
 
-du -sh "$pack"
+# The device tool carries at most 64 MiB: the working tree and the pack together.
+tree_kb=$(git ls-files -z | du -ck --files0-from=- 2>/dev/null | tail -n1 | cut -f1)
+pack_kb=$(du -sk "$pack" | cut -f1)
+echo "pack: $((pack_kb / 1024)) MiB; tracked tree: $((${tree_kb:-0} / 1024)) MiB (the device tool carries 64 MiB in all)"
+if [ $((pack_kb + ${tree_kb:-0})) -gt $((60 * 1024)) ]; then
+  echo "gpu_check: too big to carry: compress the pack (xz) or trim the tree" >&2
+  exit 1
+fi
 echo "packed into $pack; next, with a GPU:"
 echo "  run(command=\"bash scripts/gpu_run.sh\", carry=[\"$pack\"], timeout_s=600)"
