@@ -145,6 +145,39 @@ pub fn int8_peak_gops() -> Option<f64> {
     }
 }
 
+/// Measured bf16 dot-product throughput (`vdpbf16ps`: 32 bf16 multiply-adds per instruction
+/// into 16 f32 lanes, two operations each) on all of rayon's threads, in GFLOP/s, where the CPU
+/// has AVX512_BF16 (`None` elsewhere). Not a kernel path: printed beside the bf16 rows because it
+/// decides whether one would pay — on the Xeon this was tried on it is half the f32 FMA peak, so
+/// bf16 weights are decoded into the f32 kernels instead (benches/README.md).
+pub fn bf16_dot_peak_gflops() -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if !(std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bf16"))
+        {
+            return None;
+        }
+        const ITERS: usize = 8_000_000;
+        let mut best = 0f64;
+        for _ in 0..7 {
+            let t = Instant::now();
+            let sums = rayon::broadcast(|ctx| {
+                // SAFETY: AVX-512F and AVX512_BF16 detected above.
+                unsafe { fma_chains::bf16(ITERS, std::hint::black_box(1.0 + ctx.index() as f32)) }
+            });
+            std::hint::black_box(sums.iter().sum::<f32>());
+            let flops = (ITERS * fma_chains::CHAINS * 32 * 2 * sums.len()) as f64;
+            best = best.max(flops / t.elapsed().as_secs_f64() / 1e9);
+        }
+        Some(best)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        None
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod fma_chains {
     use std::arch::x86_64::*;
@@ -188,6 +221,25 @@ mod fma_chains {
             .iter()
             .fold(_mm512_setzero_si512(), |s, c| _mm512_add_epi32(s, *c));
         _mm512_reduce_add_epi32(s)
+    }
+
+    /// `CHAINS` x `iters` `vdpbf16ps`s (f32 sums of two bf16 products per lane).
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub unsafe fn bf16(iters: usize, seed: f32) -> f32 {
+        let mut acc: [__m512; CHAINS] =
+            std::array::from_fn(|i| _mm512_set1_ps(seed + 0.1 * i as f32));
+        // bf16 pairs (1.0, 0.5) and (1e-4-ish): small products, no overflow over the chains.
+        let a: __m512bh = std::mem::transmute(_mm512_set1_epi32(0x3f80_3f00));
+        let b: __m512bh = std::mem::transmute(_mm512_set1_epi32(0x38d1_38d1));
+        for _ in 0..iters {
+            for c in acc.iter_mut() {
+                *c = _mm512_dpbf16_ps(*c, a, b);
+            }
+        }
+        let s = acc
+            .iter()
+            .fold(_mm512_setzero_ps(), |s, a| _mm512_add_ps(s, *a));
+        _mm512_reduce_add_ps(s)
     }
 
     /// As [`zmm`] with 8-lane AVX2 registers.

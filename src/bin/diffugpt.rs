@@ -689,6 +689,11 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
     let int8_peak = (backend == "cpu" && rows.iter().any(|r| r.dtype == "int8"))
         .then(bench::int8_peak_gops)
         .flatten();
+    // bf16 rows decode into the f32 kernels; the bf16 dot-product rate says why (where the CPU
+    // has one).
+    let bf16_peak = (backend == "cpu" && rows.iter().any(|r| r.dtype == "bf16"))
+        .then(bench::bf16_dot_peak_gflops)
+        .flatten();
     let bandwidth = (backend == "cpu" && a.arm_tokens > 0).then(bench::memory_bandwidth_gbs);
     let mb_of = |d: &str| weight_mb.iter().find(|(n, _)| *n == d).map(|w| w.1);
     // tokens/s if a one-row step cost only the reading of its weights once.
@@ -729,7 +734,7 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
             let out = serde_json::json!({
                 "model": name, "params": params, "backend": backend, "threads": threads,
                 "forward_ms": forward, "forward_gflops": gflops, "fma_peak_gflops": peak,
-                "int8_peak_gops": int8_peak,
+                "int8_peak_gops": int8_peak, "bf16_dot_peak_gflops": bf16_peak,
                 "memory_bandwidth_gbs": bandwidth, "arm": arm,
                 "weight_mb": weight_mb.iter().map(|(d, mb)| (d.to_string(), (*mb).into())).collect::<serde_json::Map<String, serde_json::Value>>(),
                 "cpu_kernels": kernels,
@@ -797,6 +802,14 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
                     "int8 dot-product (VNNI) peak, measured now: {ip:.1} GOP/s ({:.1}x the f32 FMA peak); \
                      the int8 rows' % is of this peak",
                     ip / peak.unwrap_or(f64::NAN)
+                )?;
+            }
+            if let Some(bp) = bf16_peak {
+                writeln!(
+                    o,
+                    "bf16 dot-product (vdpbf16ps) peak, measured now: {bp:.1} GFLOP/s ({:.2}x the f32 FMA peak; \
+                     the bf16 rows decode into the f32 kernels)",
+                    bp / peak.unwrap_or(f64::NAN)
                 )?;
             }
             if let Some(bw) = bandwidth {
