@@ -258,6 +258,7 @@ impl CudaModel {
         let r = ROW_CHUNK.min(max_t);
         max_t * (4 + c * 4 + c * d + 3 * c * 4 + c * d + c * 4 + i * 4 + i * d)
             + r * (4 + c * d + v * 4 + 8 + 16)
+            + CUBLAS_WORKSPACE
     }
 }
 

@@ -174,8 +174,9 @@ impl Kernels {
         rows: usize,
         n_cols: usize,
     ) -> Result<()> {
-        let n = (rows * n_cols) as i64;
-        let nc = n_cols as i32;
+        // size_t on the device side (64-bit indices).
+        let n = (rows * n_cols) as u64;
+        let nc = n_cols as u64;
         // Grid-stride loop: enough blocks to fill an H100/H200 several times over.
         let blocks = (rows * n_cols).div_ceil(256).clamp(1, 132 * 16) as u32;
         let cfg = LaunchConfig {
