@@ -106,8 +106,18 @@ fn nvrtc_compiles_the_kernels() {
         return;
     }
     for arch in ["sm_80", "sm_90"] {
-        let ptx = cuda::kernels::compile_for(arch).unwrap_or_else(|e| panic!("{arch}: {e}"));
-        let src = ptx.to_src();
+        let c = cuda::kernels::compile_for(arch).unwrap_or_else(|e| panic!("{arch}: {e}"));
+        // The CUBIN (what the GPU loads first) is an ELF image for this architecture.
+        let cubin = c
+            .cubin
+            .as_ref()
+            .unwrap_or_else(|e| panic!("{arch}: no CUBIN: {e}"));
+        assert!(
+            cubin.starts_with(b"\x7fELF"),
+            "{arch}: the CUBIN is not ELF"
+        );
+        assert!(cubin.len() > 4096, "{arch}: CUBIN of {} bytes", cubin.len());
+        let src = c.ptx.to_src();
         for k in [
             "embed_f32",
             "add_ln_bf16",

@@ -115,6 +115,8 @@ pub struct Gpu {
     pub name: String,
     pub compute_capability: (i32, i32),
     pub kernels: crate::cuda::kernels::Kernels,
+    /// Which image of the kernels was loaded (CUBIN, or the PTX fallback).
+    pub image: crate::cuda::kernels::KernelImage,
     /// Kept alive for the kernels' functions.
     _module: Arc<CudaModule>,
 }
@@ -124,6 +126,7 @@ impl std::fmt::Debug for Gpu {
         f.debug_struct("Gpu")
             .field("name", &self.name)
             .field("compute_capability", &self.compute_capability)
+            .field("image", &self.image)
             .finish()
     }
 }
@@ -141,14 +144,15 @@ impl Gpu {
             unsafe { ctx.disable_event_tracking() };
             let name = cu("device name", ctx.name())?;
             let cc = cu("compute capability", ctx.compute_capability())?;
-            let ptx = crate::cuda::kernels::compile(cc)?;
-            let module = cu("loading the kernels", ctx.load_module(ptx))?;
+            let compiled = crate::cuda::kernels::compile(cc)?;
+            let (module, image) = crate::cuda::kernels::load_module(&ctx, compiled)?;
             let kernels = crate::cuda::kernels::Kernels::load(&module)?;
             Ok(Arc::new(Gpu {
                 ctx,
                 name,
                 compute_capability: cc,
                 kernels,
+                image,
                 _module: module,
             }))
         })

@@ -5,8 +5,8 @@
 //!   no load-time CUDA dependency), opens a context, and turns every cudarc panic into
 //!   [`Error::Cuda`](crate::Error::Cuda).
 //! * [`kernels`]: `kernels.cu` compiled with NVRTC for the device's compute capability (no nvcc at
-//!   build time), typed launch wrappers, cuBLAS GEMMs, and a host-side harness the tests use to
-//!   compare each kernel with the CPU reference.
+//!   build time; the CUBIN is loaded, the PTX is the fallback), typed launch wrappers, cuBLAS
+//!   GEMMs, and a host-side harness the tests use to compare each kernel with the CPU reference.
 //! * [`forward`]: [`CudaModel`] (weights uploaded once, f32 or bf16) and [`CudaSession`] (buffers
 //!   preallocated for the longest canvas; hidden states, logits for chosen rows, step decisions).
 
@@ -16,7 +16,7 @@ pub mod kernels;
 
 pub use device::{gpu_available, Gpu};
 pub use forward::{CudaModel, CudaSession, GpuDtype, Harness, RowDecision};
-pub use kernels::WLayout;
+pub use kernels::{KernelImage, WLayout};
 
 use crate::error::Result;
 use crate::sampler::{ConfidenceKind, RowChoice, Sampler};
