@@ -108,6 +108,16 @@ impl Sampler {
         }
     }
 
+    /// The end ids (eos, pad).
+    pub fn end_ids(&self) -> &[u32] {
+        &self.end_ids
+    }
+
+    /// The ids never chosen (the mask id unless allowed).
+    pub fn banned(&self) -> &[u32] {
+        &self.banned
+    }
+
     /// Marks tokens as present (for the repetition penalty).
     pub fn mark_seen(&mut self, ids: &[u32]) {
         if self.params.repetition_penalty == 1.0 {
