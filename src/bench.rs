@@ -471,27 +471,68 @@ pub fn bench_decode_in(
     Ok(rows)
 }
 
-/// GPU forward latency at each T: the whole forward plus logits and step decisions for every row
-/// (the worst case, like [`bench_forward`]); the clock stops after the results reach the host.
-#[cfg(feature = "cuda")]
-pub fn bench_forward_cuda(
-    model: &crate::cuda::CudaModel,
+/// The benchmark on an accelerator: `gpt`'s weights on the backend `device` chooses (`dtype`: its
+/// compute dtype, `None` for the default), the forward at each of `lens` — hidden states plus the
+/// step decisions of every row, the worst case like [`bench_forward`]; the clock stops once the
+/// decisions reach the host — then, when `decode` is `(prompt_len, canvas, steps, answer_len)`,
+/// [`bench_decode_in`]'s rows. Returns the rows, the backend's name and its report; `None` when the
+/// forwards would run on the CPU (asked for, or no usable accelerator: a message on stderr says
+/// why), whose numbers [`bench_forward`] and [`bench_decode`] give.
+pub fn bench_on_device(
+    gpt: &Gpt2,
+    device: crate::weights::ComputeDevice,
+    dtype: Option<candle_core::DType>,
     lens: &[usize],
     reps: usize,
-) -> Result<Vec<BenchRow>> {
-    let max_t = lens.iter().copied().max().unwrap_or(1);
-    let mut sess = crate::cuda::CudaSession::new(model, max_t)?;
-    let (ends, banned) = ([model.ids.eos], [model.ids.mask]);
-    let mut rows = Vec::new();
-    for &t in lens {
-        let ids = bench_ids(model.cfg.vocab_size, t);
-        let all: Vec<usize> = (0..t).collect();
-        let ms = time_ms(reps, || {
-            sess.forward(&ids, false)?;
-            sess.decide(&all, &ends, &banned)?;
-            Ok(())
-        })?;
-        rows.push(forward_row(&model.cfg, t, &ms));
+    decode: Option<(usize, usize, usize, usize)>,
+) -> Result<Option<(Vec<BenchRow>, String, crate::backend::BackendReport)>> {
+    if device == crate::weights::ComputeDevice::Cpu {
+        return Ok(None);
     }
-    Ok(rows)
+    let model = crate::Model::from_gpt(gpt.clone(), device, dtype)?;
+    if model.fallback.is_some() {
+        return Ok(None);
+    }
+    let cfg = &model.gpt.cfg;
+    let ids = model.gpt.ids;
+    let sampler = crate::sampler::Sampler::new(
+        Default::default(),
+        ConfidenceKind::Prob,
+        cfg.vocab_size,
+        vec![ids.eos],
+        vec![ids.mask],
+    );
+    let mut rows = Vec::new();
+    {
+        let mut session = model.session();
+        if !session.on_gpu() {
+            // The session fell back to the CPU (a message said why): no device numbers.
+            return Err(crate::Error::Cuda(format!(
+                "no {} session could be created",
+                model.backend()
+            )));
+        }
+        let fwd = session.forward_mut();
+        for &t in lens {
+            let seq = bench_ids(cfg.vocab_size, t);
+            let all: Vec<usize> = (0..t).collect();
+            let ms = time_ms(reps, || {
+                fwd.forward(&seq)?;
+                fwd.decide_greedy(&all, &sampler, true)?;
+                Ok(())
+            })?;
+            rows.push(forward_row(cfg, t, &ms));
+        }
+    }
+    if let Some((prompt_len, canvas, steps, answer_len)) = decode {
+        rows.extend(bench_decode_in(
+            &mut model.session(),
+            prompt_len,
+            canvas,
+            steps,
+            answer_len,
+            reps,
+        )?);
+    }
+    Ok(Some((rows, model.backend(), model.backend_report())))
 }

@@ -16,11 +16,12 @@ use std::time::Instant;
 use candle_core::Tensor;
 use serde::Serialize;
 
+use crate::backend::{CpuForward, Forward};
 use crate::error::{Error, Result};
 use crate::length::{cut_length, length_floor, LengthPredictor};
-use crate::model::{AttnMask, Gpt2, KvCache, LOGIT_CHUNK};
+use crate::model::{AttnMask, Gpt2, KvCache};
 use crate::rng::Rng;
-use crate::sampler::{argmax, ConfidenceKind, RowChoice, Sampler, SamplingParams};
+use crate::sampler::{ConfidenceKind, RowChoice, Sampler, SamplingParams};
 
 /// Which masked slots are revealed at a step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -239,42 +240,39 @@ pub struct Generation {
 /// Per-request decoding state: reusable scratch, so repeated generations on one session allocate
 /// little. A session belongs to one thread at a time; the model may be shared.
 pub struct Session<'m> {
+    /// The CPU copy of the weights (the causal path, the checks).
     model: &'m Gpt2,
-    /// When set, the diffusion forward and the greedy row decisions run on this GPU session (the
-    /// decode loop itself is the same); `model` stays the CPU copy for the ARM path.
-    #[cfg(feature = "cuda")]
-    gpu: Option<crate::cuda::CudaSession<'m>>,
+    /// Where the diffusion forwards and the row decisions run (see [`crate::backend`]); the
+    /// decode loop is the same on every backend.
+    fwd: Box<dyn Forward + 'm>,
 }
 
 impl<'m> Session<'m> {
+    /// A session whose forwards run on the CPU.
     pub fn new(model: &'m Gpt2) -> Self {
         Session {
             model,
-            #[cfg(feature = "cuda")]
-            gpu: None,
+            fwd: Box::new(CpuForward::new(model)),
         }
     }
 
-    /// A session whose diffusion forwards run on the GPU. `gpu` must hold the same weights as
-    /// `model` (see [`crate::Model::load`] with a CUDA device).
-    #[cfg(feature = "cuda")]
-    pub fn with_gpu(model: &'m Gpt2, gpu: crate::cuda::CudaSession<'m>) -> Self {
-        Session {
-            model,
-            gpu: Some(gpu),
-        }
+    /// A session whose diffusion forwards run on `fwd` (from the model's backend).
+    pub(crate) fn with_forward(model: &'m Gpt2, fwd: Box<dyn Forward + 'm>) -> Self {
+        Session { model, fwd }
     }
 
-    /// Whether diffusion forwards run on a GPU.
+    /// Whether diffusion forwards run on an accelerator (a GPU).
     pub fn on_gpu(&self) -> bool {
-        #[cfg(feature = "cuda")]
-        return self.gpu.is_some();
-        #[cfg(not(feature = "cuda"))]
-        false
+        self.fwd.on_accelerator()
     }
 
     pub fn model(&self) -> &Gpt2 {
         self.model
+    }
+
+    /// The session's forward (benchmarks time it alone).
+    pub(crate) fn forward_mut(&mut self) -> &mut dyn Forward {
+        &mut *self.fwd
     }
 
     /// Diffusion generation. `on_step` returns false to stop early (the partial canvas is
@@ -304,8 +302,6 @@ impl<'m> Session<'m> {
         } else {
             vec![]
         };
-        #[cfg(feature = "cuda")]
-        let (gpu_ends, gpu_banned) = (end_ids.clone(), banned.clone());
         let mut sampler = Sampler::new(
             params.sampling,
             match params.strategy {
@@ -338,46 +334,18 @@ impl<'m> Session<'m> {
             step += 1;
             seq.truncate(p_len);
             seq.extend_from_slice(&canvas);
-            let mut hidden = match self.gpu_forward(&seq)? {
-                #[cfg(feature = "cuda")]
-                Some(sess) => Hidden::Gpu {
-                    sess,
-                    ends: &gpu_ends,
-                    banned: &gpu_banned,
-                },
-                _ => {
-                    let input = Tensor::from_slice(&seq, (1, seq.len()), model.device())?;
-                    Hidden::Cpu(
-                        model
-                            .hidden(&input, &AttnMask::Bidirectional, None)?
-                            .squeeze(0)?,
-                    )
-                }
-            };
+            let fwd = &mut *self.fwd;
+            fwd.forward(&seq)?;
             stats.forward_passes += 1;
             stats.forward_sizes.push(seq.len());
 
             let eos_first = matches!(params.length, LengthMode::EosFirst { .. });
             if step == 1 && (eos_first || params.end_floor > 0.0) {
                 // The first step's end probability per slot: the length prediction, the floor.
-                let slots: Vec<usize> = (0..canvas.len()).collect();
-                let mut p_end = vec![0.0f32; slots.len()];
-                let mut is_end = vec![false; slots.len()];
-                #[cfg(feature = "cuda")]
-                if let Hidden::Gpu { sess, ends, banned } = &mut hidden {
-                    // p_end and the raw argmax come from the decision kernel.
-                    let rows: Vec<usize> = slots.iter().map(|&j| p_len - 1 + j).collect();
-                    for (k, d) in sess.decide(&rows, ends, banned)?.into_iter().enumerate() {
-                        p_end[k] = d.p_end;
-                        is_end[k] = ids.is_end(d.raw_argmax);
-                    }
-                }
-                if let Hidden::Cpu(_) = hidden {
-                    for_each_row(model, &mut hidden, p_len, &slots, |k, row| {
-                        p_end[k] = sampler.end_prob(row);
-                        is_end[k] = ids.is_end(argmax(row).0 as u32);
-                    })?;
-                }
+                let rows: Vec<usize> = (0..canvas.len()).map(|j| p_len - 1 + j).collect();
+                let first = fwd.end_stats(&rows, &sampler)?;
+                let p_end: Vec<f32> = first.iter().map(|s| s.0).collect();
+                let is_end: Vec<bool> = first.iter().map(|s| ids.is_end(s.1)).collect();
                 end_floor = length_floor(params.end_floor, &p_end);
                 if let LengthMode::EosFirst {
                     predictor,
@@ -414,26 +382,11 @@ impl<'m> Session<'m> {
                         .copied()
                         .filter(|_| remaining <= 1 || rng.next_f64() < p)
                         .collect();
-                    choose_rows(
-                        model,
-                        &mut hidden,
-                        p_len,
-                        &chosen,
-                        &mut sampler,
-                        &mut rng,
-                        end_floor,
-                    )?
+                    choose_rows(fwd, p_len, &chosen, &mut sampler, &mut rng, end_floor)?
                 }
                 Strategy::Confidence(_) => {
-                    let mut all = choose_rows(
-                        model,
-                        &mut hidden,
-                        p_len,
-                        &masked,
-                        &mut sampler,
-                        &mut rng,
-                        end_floor,
-                    )?;
+                    let mut all =
+                        choose_rows(fwd, p_len, &masked, &mut sampler, &mut rng, end_floor)?;
                     let n = masked.len().div_ceil(remaining.max(1));
                     // Stable: ties keep canvas order, so greedy decoding is deterministic.
                     all.sort_by(|a, b| {
@@ -585,119 +538,49 @@ impl<'m> Session<'m> {
     }
 }
 
-impl<'m> Session<'m> {
-    /// Runs the diffusion forward on the GPU when this session has one; `None`: run it on the
-    /// CPU.
-    #[cfg(feature = "cuda")]
-    fn gpu_forward(&mut self, seq: &[u32]) -> Result<Option<&mut crate::cuda::CudaSession<'m>>> {
-        match self.gpu.as_mut() {
-            Some(g) => {
-                g.forward(seq, false)?;
-                Ok(Some(g))
-            }
-            None => Ok(None),
-        }
-    }
-
-    #[cfg(not(feature = "cuda"))]
-    fn gpu_forward(&mut self, _seq: &[u32]) -> Result<Option<std::convert::Infallible>> {
-        Ok(None)
-    }
-}
-
-/// Where the current step's hidden states are: the seam between the one decode loop and the
-/// backends.
-enum Hidden<'a, 'm> {
-    /// `[T, n_embd]` on the CPU.
-    Cpu(Tensor),
-    /// On the GPU, in the session's buffers; with the end and banned ids for the decision kernel.
-    #[cfg(feature = "cuda")]
-    Gpu {
-        sess: &'a mut crate::cuda::CudaSession<'m>,
-        ends: &'a [u32],
-        banned: &'a [u32],
-    },
-    #[cfg(not(feature = "cuda"))]
-    #[allow(dead_code)]
-    Never(std::marker::PhantomData<(&'a (), &'m ())>),
-}
-
 /// Steps for a canvas of `len` slots when `total` steps were planned for `max_len`.
 fn scaled_steps(total: usize, len: usize, max_len: usize) -> usize {
     (total * len).div_ceil(max_len).max(1)
 }
 
-/// Calls `f(k, logits_row)` for each canvas slot `slots[k]`, reading row `p_len - 1 + slot` (the
-/// DiffuGPT shift), computing the LM head in chunks.
-fn for_each_row(
-    model: &Gpt2,
-    hidden: &mut Hidden,
-    p_len: usize,
-    slots: &[usize],
-    mut f: impl FnMut(usize, &mut [f32]),
-) -> Result<()> {
-    let hidden = match hidden {
-        Hidden::Cpu(h) => &*h,
-        #[cfg(feature = "cuda")]
-        Hidden::Gpu { sess, .. } => {
-            let rows: Vec<usize> = slots.iter().map(|&j| p_len - 1 + j).collect();
-            return sess.logits_rows(&rows, &mut f);
-        }
-        #[cfg(not(feature = "cuda"))]
-        Hidden::Never(_) => unreachable!("no GPU variant without the cuda feature"),
-    };
-    let v = model.cfg.vocab_size;
-    for (c, chunk) in slots.chunks(LOGIT_CHUNK).enumerate() {
-        let rows: Vec<u32> = chunk.iter().map(|&j| (p_len - 1 + j) as u32).collect();
-        let idx = Tensor::from_vec(rows, chunk.len(), hidden.device())?;
-        let h = hidden.index_select(&idx, 0)?;
-        let mut logits = model.logits(&h)?.flatten_all()?.to_vec1::<f32>()?;
-        for (k, row) in logits.chunks_exact_mut(v).enumerate() {
-            f(c * LOGIT_CHUNK + k, row);
-        }
-    }
-    Ok(())
-}
-
+/// The sampler's choice for each canvas slot in `slots` (row `p_len - 1 + slot`: the DiffuGPT
+/// shift), in canvas order; slots before `end_floor` may not be an end.
 fn choose_rows(
-    model: &Gpt2,
-    hidden: &mut Hidden,
+    fwd: &mut dyn Forward,
     p_len: usize,
     slots: &[usize],
     sampler: &mut Sampler,
     rng: &mut Rng,
     end_floor: usize,
 ) -> Result<Vec<(usize, RowChoice)>> {
-    let floor_applies = slots.iter().any(|&j| j < end_floor);
-    #[cfg(feature = "cuda")]
-    if let Hidden::Gpu { sess, ends, banned } = hidden {
-        // Greedy without a repetition penalty is decided on the GPU; anything else copies the
-        // rows' logits to the host sampler below (same results, more traffic). Rows before the
-        // end floor are decided with the end ids banned as well, the others as they are.
-        let (below, rest): (Vec<usize>, Vec<usize>) = slots.iter().partition(|&&j| j < end_floor);
-        let no_end: Vec<u32> = banned.iter().chain(ends.iter()).copied().collect();
-        let mut out = Vec::with_capacity(slots.len());
-        let mut on_gpu = true;
-        for (rows, ban) in [(&below, &no_end[..]), (&rest, &banned[..])] {
-            if rows.is_empty() {
-                continue;
-            }
-            match crate::cuda::decide_greedy(sess, p_len, rows, sampler, ends, ban)? {
-                Some(part) => out.extend(part),
-                None => {
-                    on_gpu = false;
-                    break;
-                }
-            }
+    // The backend's own greedy decisions when it makes them: rows before the end floor with the
+    // end ids banned as well, the others as they are.
+    let (below, rest): (Vec<usize>, Vec<usize>) = slots.iter().partition(|&&j| j < end_floor);
+    let mut out = Vec::with_capacity(slots.len());
+    let mut decided = true;
+    for (part, allow_end) in [(&below, false), (&rest, true)] {
+        if part.is_empty() {
+            continue;
         }
-        if on_gpu {
-            // Canvas order, as the host path returns them.
-            out.sort_by_key(|&(j, _)| j);
-            return Ok(out);
+        let rows: Vec<usize> = part.iter().map(|&j| p_len - 1 + j).collect();
+        match fwd.decide_greedy(&rows, sampler, allow_end)? {
+            Some(choices) => out.extend(part.iter().copied().zip(choices)),
+            None => {
+                decided = false;
+                break;
+            }
         }
     }
-    let mut out = Vec::with_capacity(slots.len());
-    for_each_row(model, hidden, p_len, slots, |k, row| {
+    if decided {
+        // Canvas order, as the host path returns them.
+        out.sort_by_key(|&(j, _)| j);
+        return Ok(out);
+    }
+    // The host sampler on the rows' logits.
+    out.clear();
+    let floor_applies = slots.iter().any(|&j| j < end_floor);
+    let rows: Vec<usize> = slots.iter().map(|&j| p_len - 1 + j).collect();
+    fwd.logits_rows(&rows, &mut |k, row| {
         let allow_end = !floor_applies || slots[k] >= end_floor;
         out.push((slots[k], sampler.choose_with(row, rng, allow_end)));
     })?;

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use crate::backend::{Backend, BackendReport};
 use crate::decode::{GenerateParams, Generation, Session};
 use crate::error::{Error, Result};
 use crate::model::Gpt2;
@@ -14,10 +15,9 @@ pub struct Model {
     pub gpt: Gpt2,
     pub tokenizer: Option<Tokenizer>,
     pub info: CheckpointInfo,
-    /// The weights on the GPU when `LoadOptions::device` asked for CUDA and one was usable; every
-    /// session then runs its diffusion forwards there.
-    #[cfg(feature = "cuda")]
-    pub cuda: Option<crate::cuda::CudaModel>,
+    /// Where diffusion forwards run, chosen at load from `LoadOptions::device` (see
+    /// [`crate::backend`]); every session runs its forwards there.
+    backend: Box<dyn Backend>,
     /// Why a requested GPU is not used (also printed to stderr at load); `None` when the model
     /// runs where it was asked to.
     pub fallback: Option<String>,
@@ -59,22 +59,7 @@ impl Model {
             }
             None => None,
         };
-        #[cfg(feature = "cuda")]
-        let (cuda, fallback) = match device {
-            ComputeDevice::Cpu => (None, None),
-            ComputeDevice::Cuda => match Self::upload_gpu(&gpt, gpu_dtype) {
-                Ok(m) => (Some(m), None),
-                Err(e) => (None, Some(format!("{e}"))),
-            },
-        };
-        #[cfg(not(feature = "cuda"))]
-        let fallback = match device {
-            ComputeDevice::Cpu => None,
-            ComputeDevice::Cuda => {
-                let _ = gpu_dtype;
-                Some("this build has no CUDA support (cargo feature `cuda`)".to_string())
-            }
-        };
+        let (backend, fallback) = crate::backend::open(device, &gpt, gpu_dtype);
         if let Some(why) = &fallback {
             eprintln!("diffugpt: CUDA requested but not available ({why}); running on the CPU");
         }
@@ -86,30 +71,48 @@ impl Model {
             gpt,
             tokenizer,
             info,
-            #[cfg(feature = "cuda")]
-            cuda,
+            backend,
             fallback,
         })
     }
 
-    #[cfg(feature = "cuda")]
-    fn upload_gpu(gpt: &Gpt2, dtype: Option<candle_core::DType>) -> Result<crate::cuda::CudaModel> {
-        let d = crate::cuda::GpuDtype::from_candle(dtype.unwrap_or(candle_core::DType::BF16))?;
-        let gpu = crate::cuda::Gpu::open(0)?;
-        crate::cuda::CudaModel::upload(gpu, gpt, d)
+    /// A model on `device` from weights already in memory (no files: benchmarks, tests), without
+    /// a tokenizer. `dtype`: the accelerator's compute dtype (`None`: its default); `gpt` runs
+    /// as it is on the CPU. Falls back to the CPU like [`Model::load`].
+    pub fn from_gpt(
+        gpt: Gpt2,
+        device: ComputeDevice,
+        dtype: Option<candle_core::DType>,
+    ) -> Result<Self> {
+        let (backend, fallback) = crate::backend::open(device, &gpt, dtype);
+        if let Some(why) = &fallback {
+            eprintln!("diffugpt: CUDA requested but not available ({why}); running on the CPU");
+        }
+        let info = CheckpointInfo {
+            layout: crate::weights::Layout::DiffuGpt,
+            config_from_file: false,
+            untied_head: gpt.lm_head.is_some(),
+            file_dtypes: Vec::new(),
+        };
+        Ok(Model {
+            gpt,
+            tokenizer: None,
+            info,
+            backend,
+            fallback,
+        })
     }
 
     /// Where diffusion forwards run, for reports: `cpu` (`cpu:bf16`, `cpu:int8` for compressed
     /// weights), or `cuda:<GPU name>:<dtype>`.
     pub fn backend(&self) -> String {
-        #[cfg(feature = "cuda")]
-        if let Some(m) = &self.cuda {
-            return format!("cuda:{}:{}", m.gpu.name, m.dtype.name());
-        }
-        match self.gpt.weight_format() {
-            crate::cpu_quant::WeightFormat::F32 => "cpu".into(),
-            f => format!("cpu:{}", f.name()),
-        }
+        self.backend.name(&self.gpt)
+    }
+
+    /// What the backend reports besides its name: the kernel image it loaded, graph capture
+    /// failures so far (empty on the CPU).
+    pub fn backend_report(&self) -> BackendReport {
+        self.backend.report()
     }
 
     pub fn tokenizer(&self) -> Result<&Tokenizer> {
@@ -118,17 +121,20 @@ impl Model {
         })
     }
 
-    /// A decoding session; on the GPU when the model was loaded there. A GPU session that cannot
-    /// be created (out of device memory) falls back to the CPU with a message on stderr.
+    /// A decoding session on the model's backend (an accelerator's sessions are pooled: their
+    /// device buffers outlive one request). One that cannot be created (out of device memory)
+    /// falls back to the CPU with a message on stderr.
     pub fn session(&self) -> Session<'_> {
-        #[cfg(feature = "cuda")]
-        if let Some(m) = &self.cuda {
-            match crate::cuda::CudaSession::new(m, self.gpt.cfg.n_positions) {
-                Ok(g) => return Session::with_gpu(&self.gpt, g),
-                Err(e) => eprintln!("diffugpt: GPU session failed ({e}); running on the CPU"),
+        match self.backend.forward(&self.gpt) {
+            Ok(f) => Session::with_forward(&self.gpt, f),
+            Err(e) => {
+                eprintln!(
+                    "diffugpt: {} session failed ({e}); running on the CPU",
+                    self.backend()
+                );
+                Session::new(&self.gpt)
             }
         }
-        Session::new(&self.gpt)
     }
 
     /// The longest prompt (in tokens) the context can take: BOS and at least one answer slot

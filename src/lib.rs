@@ -12,6 +12,7 @@
 //! # Ok::<(), diffugpt::Error>(())
 //! ```
 
+mod backend;
 pub mod bench;
 pub mod config;
 pub mod cpu_gemm;
@@ -33,6 +34,7 @@ pub mod weights;
 
 mod facade;
 
+pub use backend::BackendReport;
 pub use config::{ModelConfig, SpecialIdOverrides, SpecialIds};
 pub use decode::{
     GenerateParams, Generation, GenerationStats, LengthMode, Session, StepInfo, Steps, Strategy,

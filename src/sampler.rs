@@ -108,6 +108,16 @@ impl Sampler {
         }
     }
 
+    /// The end ids (eos, pad).
+    pub fn end_ids(&self) -> &[u32] {
+        &self.end_ids
+    }
+
+    /// The ids never chosen (the mask id unless allowed).
+    pub fn banned(&self) -> &[u32] {
+        &self.banned
+    }
+
     /// Marks tokens as present (for the repetition penalty).
     pub fn mark_seen(&mut self, ids: &[u32]) {
         if self.params.repetition_penalty == 1.0 {
@@ -281,6 +291,9 @@ impl Sampler {
     /// Confidence of `token` under softmax(logits).
     fn score(&self, logits: &[f32], token: usize) -> f32 {
         let m = max(logits);
+        if self.confidence == ConfidenceKind::NegEntropy {
+            return neg_entropy(logits, m);
+        }
         let z: f32 = logits.iter().map(|&l| (l - m).exp()).sum();
         match self.confidence {
             ConfidenceKind::Prob => (logits[token] - m).exp() / z,
@@ -288,18 +301,7 @@ impl Sampler {
                 let (p1, p2) = top2(logits);
                 ((p1 - m).exp() - (p2 - m).exp()) / z
             }
-            ConfidenceKind::NegEntropy => {
-                let lz = z.ln();
-                let h: f32 = logits
-                    .iter()
-                    .filter(|l| l.is_finite())
-                    .map(|&l| {
-                        let lp = l - m - lz;
-                        -lp.exp() * lp
-                    })
-                    .sum();
-                -h
-            }
+            ConfidenceKind::NegEntropy => unreachable!("handled above"),
         }
     }
 
@@ -321,6 +323,28 @@ impl Sampler {
                 .sum(),
         }
     }
+}
+
+/// Minus the entropy of softmax(logits) (`m`: the largest logit), accumulated in f64.
+///
+/// Rows of a 50257-token vocabulary can be close to uniform (an untrained or tiny model): their
+/// entropies then differ in the fifth significant digit, while a sequential f32 sum over 50257
+/// terms is off by up to ~1e-4 and would rank such rows by rounding noise. In f64 the sum is
+/// exact to ~1e-12 here, so the ranking is the distribution's own (and any backend that sums
+/// accurately, such as the GPU's blockwise reduction, ranks peaked rows the same way).
+fn neg_entropy(logits: &[f32], m: f32) -> f32 {
+    let m = m as f64;
+    let z: f64 = logits.iter().map(|&l| (l as f64 - m).exp()).sum();
+    let lz = z.ln();
+    let h: f64 = logits
+        .iter()
+        .filter(|l| l.is_finite())
+        .map(|&l| {
+            let lp = l as f64 - m - lz;
+            -lp.exp() * lp
+        })
+        .sum();
+    -h as f32
 }
 
 pub(crate) fn max(xs: &[f32]) -> f32 {
@@ -395,6 +419,123 @@ mod tests {
             })
             .sum();
         assert!((c.confidence + h).abs() < 1e-5);
+    }
+
+    /// Minus the entropy of softmax(logits) with compensated (Neumaier) f64 sums: the reference
+    /// for the ranking tests below.
+    fn neg_entropy_ref(logits: &[f32]) -> f64 {
+        fn ksum(xs: impl Iterator<Item = f64>) -> f64 {
+            let (mut s, mut c) = (0.0f64, 0.0f64);
+            for x in xs {
+                let t = s + x;
+                c += if s.abs() >= x.abs() {
+                    (s - t) + x
+                } else {
+                    (x - t) + s
+                };
+                s = t;
+            }
+            s + c
+        }
+        let m = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let lz = ksum(logits.iter().map(|&l| (l as f64 - m).exp())).ln();
+        ksum(logits.iter().map(|&l| {
+            let lp = l as f64 - m - lz;
+            lp.exp() * lp
+        }))
+    }
+
+    /// The old f32 score: a sequential f32 sum of 50257 terms.
+    fn neg_entropy_f32(logits: &[f32]) -> f32 {
+        let m = max(logits);
+        let lz = logits.iter().map(|&l| (l - m).exp()).sum::<f32>().ln();
+        logits
+            .iter()
+            .map(|&l| {
+                let lp = l - m - lz;
+                lp.exp() * lp
+            })
+            .sum()
+    }
+
+    /// Slots ranked by negative entropy over a GPT-2-sized vocabulary. Peaked rows (a clear
+    /// top token over noise, as a trained model gives) and near-uniform rows (an untrained or
+    /// tiny model: the CUDA parity fixture) both rank as the exact entropies do; on the
+    /// near-uniform rows the old f32 sum is off by more than the gaps it has to resolve.
+    #[test]
+    fn neg_entropy_ranks_rows_as_the_exact_entropy() {
+        let v = 50257;
+        let mut rng = Rng::new(17);
+        let mut noise = |std: f32| -> Vec<f32> { (0..v).map(|_| rng.normal() * std).collect() };
+        for (case, rows) in [
+            // Peaked: top logit 8 + k / 8 over N(0, 1) noise; the gaps are ~1e-2 and more.
+            (
+                "peaked",
+                (0..12)
+                    .map(|k| {
+                        let mut r = noise(1.0);
+                        r[100 + k] = 8.0 + k as f32 / 8.0;
+                        r
+                    })
+                    .collect::<Vec<_>>(),
+            ),
+            // Near-uniform, the fixture's regime (entropy ~ ln 50257): one N(0, 0.05) row scaled
+            // by 1 + k / 200, so the entropies fall with k in steps of ~1.2e-5.
+            ("near-uniform", {
+                let base = noise(0.05);
+                (0..12)
+                    .map(|k| base.iter().map(|&x| x * (1.0 + k as f32 / 200.0)).collect())
+                    .collect()
+            }),
+        ] {
+            let mut s = Sampler::new(
+                SamplingParams::default(),
+                ConfidenceKind::NegEntropy,
+                v,
+                vec![],
+                vec![],
+            );
+            let exact: Vec<f64> = rows.iter().map(|r| neg_entropy_ref(r)).collect();
+            let got: Vec<f32> = rows
+                .iter()
+                .map(|r| s.choose(&mut r.clone(), &mut Rng::new(0)).confidence)
+                .collect();
+            let rank = |xs: &[f64]| {
+                let mut idx: Vec<usize> = (0..xs.len()).collect();
+                idx.sort_by(|&a, &b| xs[b].total_cmp(&xs[a]));
+                idx
+            };
+            let got64: Vec<f64> = got.iter().map(|&g| g as f64).collect();
+            // Rows closer than f32's resolution of the result may swap: none here do.
+            let min_gap = {
+                let mut e = exact.clone();
+                e.sort_by(f64::total_cmp);
+                e.windows(2).map(|w| w[1] - w[0]).fold(f64::MAX, f64::min)
+            };
+            assert!(
+                min_gap > 4.0 * f32::EPSILON as f64 * 11.0,
+                "{case}: gap {min_gap:e}"
+            );
+            assert_eq!(rank(&got64), rank(&exact), "{case}");
+            for (g, e) in got64.iter().zip(&exact) {
+                assert!(
+                    (g - e).abs() <= 2e-6 * e.abs().max(1.0),
+                    "{case}: {g} vs {e}"
+                );
+            }
+            if case == "near-uniform" {
+                // What the f64 sum fixes: the f32 one errs by more than the smallest gap.
+                let worst = rows
+                    .iter()
+                    .zip(&exact)
+                    .map(|(r, e)| (neg_entropy_f32(r) as f64 - e).abs())
+                    .fold(0.0, f64::max);
+                assert!(
+                    worst > min_gap,
+                    "{case}: f32 error {worst:e}, gap {min_gap:e}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -645,7 +645,9 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
     let (model, name) = load(formats[0])?;
     let params = model.param_count();
     let mut weight_mb = Vec::new();
-    let (rows, backend) = match bench_gpu(&model, device, dtype, &a)? {
+    let decode = (a.canvas > 0).then_some((a.prompt_len, a.canvas, a.steps, a.answer_len));
+    let on_device = bench::bench_on_device(&model, device, dtype, &a.forward_lens, a.reps, decode)?;
+    let (rows, backend, report) = match on_device {
         Some(r) => r,
         None => {
             let mut rows = Vec::new();
@@ -675,7 +677,7 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
                     }));
                 }
             }
-            (rows, "cpu".to_string())
+            (rows, "cpu".to_string(), diffugpt::BackendReport::default())
         }
     };
     // The ceilings the rows are measured against (CPU only: a GPU has its own): the f32 FMA
@@ -739,6 +741,10 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
                 "weight_mb": weight_mb.iter().map(|(d, mb)| (d.to_string(), (*mb).into())).collect::<serde_json::Map<String, serde_json::Value>>(),
                 "cpu_kernels": kernels,
                 "cpu_int8": int8_path,
+                // The accelerator's kernel image and graph capture failures (null / empty on
+                // the CPU).
+                "device_kernels": report.kernels, "graphs": report.graphs,
+                "graph_capture_failures": report.graph_failures,
                 "rows": rows,
             });
             println!("{}", serde_json::to_string_pretty(&out)?);
@@ -823,6 +829,22 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
                     w.join(", ")
                 )?;
             }
+            if let Some(k) = &report.kernels {
+                let failures = if report.graph_failures.is_empty() {
+                    "none".to_string()
+                } else {
+                    report.graph_failures.join("; ")
+                };
+                writeln!(
+                    o,
+                    "\nDevice kernels: {k}; graphs: {}; graph capture failures: {failures}",
+                    if report.graphs == Some(true) {
+                        "on"
+                    } else {
+                        "off"
+                    }
+                )?;
+            }
         }
     }
     Ok(())
@@ -850,58 +872,6 @@ fn write_model(m: &Gpt2, out: &Path, tokenizer: Option<&Path>) -> Result<()> {
     }
     eprintln!("wrote {} ({} parameters)", out.display(), m.param_count());
     Ok(())
-}
-
-/// The bench on the GPU: `None` when the CPU was asked for, or when no GPU is usable (after a
-/// message on stderr: the CPU numbers follow).
-#[cfg(feature = "cuda")]
-fn bench_gpu(
-    model: &Gpt2,
-    device: ComputeDevice,
-    dtype: Option<candle_core::DType>,
-    a: &BenchArgs,
-) -> Result<Option<(Vec<bench::BenchRow>, String)>> {
-    use diffugpt::cuda::{CudaModel, CudaSession, Gpu, GpuDtype};
-    if device == ComputeDevice::Cpu {
-        return Ok(None);
-    }
-    let d = GpuDtype::from_candle(dtype.unwrap_or(candle_core::DType::BF16))?;
-    let cm = match Gpu::open(0).and_then(|g| CudaModel::upload(g, model, d)) {
-        Ok(m) => m,
-        Err(e) => {
-            eprintln!("diffugpt: CUDA requested but not available ({e}); running on the CPU");
-            return Ok(None);
-        }
-    };
-    let mut rows = bench::bench_forward_cuda(&cm, &a.forward_lens, a.reps)?;
-    if a.canvas > 0 {
-        let g = CudaSession::new(&cm, 1 + a.prompt_len + a.canvas)?;
-        let mut s = diffugpt::Session::with_gpu(model, g);
-        rows.extend(bench::bench_decode_in(
-            &mut s,
-            a.prompt_len,
-            a.canvas,
-            a.steps,
-            a.answer_len,
-            a.reps,
-        )?);
-    }
-    Ok(Some((rows, format!("cuda:{}:{}", cm.gpu.name, d.name()))))
-}
-
-#[cfg(not(feature = "cuda"))]
-fn bench_gpu(
-    _model: &Gpt2,
-    device: ComputeDevice,
-    _dtype: Option<candle_core::DType>,
-    _a: &BenchArgs,
-) -> Result<Option<(Vec<bench::BenchRow>, String)>> {
-    if device == ComputeDevice::Cuda {
-        eprintln!(
-            "diffugpt: CUDA requested but not available (this build has no CUDA support: cargo feature `cuda`); running on the CPU"
-        );
-    }
-    Ok(None)
 }
 
 #[cfg(test)]

@@ -33,21 +33,48 @@ pub(crate) fn cu<T, E: std::fmt::Debug>(what: &str, r: std::result::Result<T, E>
     r.map_err(|e| Error::Cuda(format!("{what}: {e:?}")))
 }
 
-/// Whether a shared library with one of these names can be loaded. Uses cudarc's own candidate
-/// names (libcuda.so.1, libnvrtc.so.13, libcublas.so.13, ...) through libloading, which only
-/// dlopens: nothing is resolved, nothing panics.
+/// The shared library each part is loaded from: the driver's ABI name, and the CUDA 13 major
+/// versions of NVRTC and cuBLAS that this build's cudarc bindings (`cuda-13000`) are written for.
+fn lib_name(which: &str) -> Option<&'static str> {
+    match which {
+        "cuda" => Some("libcuda.so.1"),
+        "nvrtc" => Some("libnvrtc.so.13"),
+        "cublas" => Some("libcublas.so.13"),
+        _ => None,
+    }
+}
+
+/// Whether the library for `which` ([`lib_name`]) can be loaded. Only `dlopen`s that exact name:
+/// nothing is resolved, nothing panics. (cudarc's own check also accepts `.so.12`, `.so.11`, ...,
+/// whose ABI differs from the bindings: a CUDA 12 NVRTC would pass the probe, then fail or
+/// misbehave at the first call.)
 fn lib_present(which: &str) -> bool {
-    // SAFETY: these functions only try `dlopen` on a list of names; loading the CUDA libraries
-    // runs their initialisers, which is what any use of them does anyway.
-    let r = catch_unwind(|| unsafe {
-        match which {
-            "cuda" => cudarc::driver::sys::is_culib_present(),
-            "nvrtc" => cudarc::nvrtc::sys::is_culib_present(),
-            "cublas" => cudarc::cublas::sys::is_culib_present(),
-            _ => false,
+    let Some(name) = lib_name(which) else {
+        return false;
+    };
+    dl_loads(name)
+}
+
+#[cfg(unix)]
+fn dl_loads(name: &str) -> bool {
+    let Ok(c) = std::ffi::CString::new(name) else {
+        return false;
+    };
+    // SAFETY: a NUL-terminated name; loading a CUDA library runs its initialisers, which any use
+    // of it does anyway. The handle is released again (cudarc opens the library itself).
+    unsafe {
+        let h = libc::dlopen(c.as_ptr(), libc::RTLD_LAZY | libc::RTLD_LOCAL);
+        if h.is_null() {
+            return false;
         }
-    });
-    r.unwrap_or(false)
+        libc::dlclose(h);
+    }
+    true
+}
+
+#[cfg(not(unix))]
+fn dl_loads(_name: &str) -> bool {
+    false
 }
 
 /// Whether NVRTC can be loaded (the kernel compile test needs only this, no GPU).
@@ -59,12 +86,13 @@ pub fn nvrtc_available() -> bool {
 /// says which part is missing.
 pub fn probe() -> Result<()> {
     for (lib, what) in [
-        ("cuda", "the NVIDIA driver (libcuda.so.1)"),
-        ("nvrtc", "NVRTC (libnvrtc.so.13)"),
-        ("cublas", "cuBLAS (libcublas.so.13)"),
+        ("cuda", "the NVIDIA driver"),
+        ("nvrtc", "NVRTC"),
+        ("cublas", "cuBLAS"),
     ] {
         if !lib_present(lib) {
-            return Err(Error::Cuda(format!("{what} cannot be loaded")));
+            let name = lib_name(lib).unwrap_or(lib);
+            return Err(Error::Cuda(format!("{what} ({name}) cannot be loaded")));
         }
     }
     let n = guarded("counting devices", || {
@@ -87,6 +115,8 @@ pub struct Gpu {
     pub name: String,
     pub compute_capability: (i32, i32),
     pub kernels: crate::cuda::kernels::Kernels,
+    /// Which image of the kernels was loaded (CUBIN, or the PTX fallback).
+    pub image: crate::cuda::kernels::KernelImage,
     /// Kept alive for the kernels' functions.
     _module: Arc<CudaModule>,
 }
@@ -96,6 +126,7 @@ impl std::fmt::Debug for Gpu {
         f.debug_struct("Gpu")
             .field("name", &self.name)
             .field("compute_capability", &self.compute_capability)
+            .field("image", &self.image)
             .finish()
     }
 }
@@ -113,14 +144,15 @@ impl Gpu {
             unsafe { ctx.disable_event_tracking() };
             let name = cu("device name", ctx.name())?;
             let cc = cu("compute capability", ctx.compute_capability())?;
-            let ptx = crate::cuda::kernels::compile(cc)?;
-            let module = cu("loading the kernels", ctx.load_module(ptx))?;
+            let compiled = crate::cuda::kernels::compile(cc)?;
+            let (module, image) = crate::cuda::kernels::load_module(&ctx, compiled)?;
             let kernels = crate::cuda::kernels::Kernels::load(&module)?;
             Ok(Arc::new(Gpu {
                 ctx,
                 name,
                 compute_capability: cc,
                 kernels,
+                image,
                 _module: module,
             }))
         })

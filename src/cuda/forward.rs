@@ -20,7 +20,7 @@
 //! for: gather rows -> one GEMM against the (tied) embedding -> the `step_decide` kernel, so the
 //! 50257-wide logits stay on the GPU unless the caller needs them on the host (sampling).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use candle_core::DType;
@@ -258,6 +258,7 @@ impl CudaModel {
         let r = ROW_CHUNK.min(max_t);
         max_t * (4 + c * 4 + c * d + 3 * c * 4 + c * d + c * 4 + i * 4 + i * d)
             + r * (4 + c * d + v * 4 + 8 + 16)
+            + CUBLAS_WORKSPACE
     }
 }
 
@@ -283,9 +284,11 @@ pub struct RowDecision {
 }
 
 /// Per-thread GPU state: a stream, a cuBLAS handle and every activation buffer, sized once for
-/// `max_t` positions.
-pub struct CudaSession<'m> {
-    m: &'m CudaModel,
+/// `max_t` positions. Holds the model (an `Arc`), so a model's backend can keep sessions in a pool
+/// across requests. Dropping a session waits for its stream first (the buffers are freed, and the
+/// model's weights may be, while kernels could still be reading them).
+pub struct CudaSession {
+    m: Arc<CudaModel>,
     stream: Arc<CudaStream>,
     blas: CudaBlas,
     max_t: usize,
@@ -312,7 +315,23 @@ pub struct CudaSession<'m> {
     /// Replay the forward from CUDA graphs, one per (positions, causal); see
     /// [`Self::set_graphs`].
     use_graphs: bool,
-    graphs: HashMap<(usize, bool), Graph>,
+    /// Captured graphs and when each was last launched (`tick`), at most [`GRAPH_CACHE`].
+    graphs: HashMap<(usize, bool), (Graph, u64)>,
+    tick: u64,
+    /// Shapes that have run once without a graph: a shape is captured on its second forward,
+    /// never on its first (the first cuBLAS call for a shape may allocate or pick an algorithm,
+    /// which must not happen inside a capture).
+    warm: HashSet<(usize, bool)>,
+    /// Graphs captured so far.
+    captures: usize,
+    /// Why captures failed (the forwards then ran without graphs); see
+    /// [`Self::take_graph_failures`].
+    graph_failures: Vec<String>,
+}
+
+/// Whether sessions replay CUDA graphs by default (env `DIFFUGPT_CUDA_GRAPHS=1`).
+pub fn graphs_enabled() -> bool {
+    std::env::var_os("DIFFUGPT_CUDA_GRAPHS").is_some_and(|v| v == "1")
 }
 
 /// A captured forward. The decode loop's canvas length only changes at the EoS-first cut and at
@@ -322,12 +341,32 @@ struct Graph(CudaGraph);
 // `&mut CudaSession` (one thread at a time), after binding the context.
 unsafe impl Send for Graph {}
 
+/// Captured forwards kept per session (least recently used evicted first): the decode loop's
+/// canvas takes a handful of lengths per generation, a long-lived session many over time.
+/// (Private: cbindgen would put a public constant into the C header.)
+const GRAPH_CACHE: usize = 16;
+
 /// cuBLAS workspace recommended on Hopper.
 const CUBLAS_WORKSPACE: usize = 32 << 20;
 
-impl<'m> CudaSession<'m> {
+impl Drop for CudaSession {
+    fn drop(&mut self) {
+        // Errors cannot be reported from here; a failed wait leaves nothing better to do.
+        let _ = guarded("synchronize on drop", || {
+            cu("binding the context", self.m.gpu.ctx.bind_to_thread())?;
+            cu("synchronize", self.stream.synchronize())
+        });
+    }
+}
+
+impl CudaSession {
+    /// How many captured forwards a session keeps ([`GRAPH_CACHE`]).
+    pub fn graph_cache_capacity() -> usize {
+        GRAPH_CACHE
+    }
+
     /// Allocates the buffers for sequences up to `max_t` positions (<= the model's context).
-    pub fn new(m: &'m CudaModel, max_t: usize) -> Result<Self> {
+    pub fn new(m: Arc<CudaModel>, max_t: usize) -> Result<Self> {
         let max_t = max_t.clamp(1, m.cfg.n_positions);
         guarded("creating a GPU session", || {
             let s = cu("creating a stream", m.gpu.ctx.new_stream())?;
@@ -361,8 +400,12 @@ impl<'m> CudaSession<'m> {
                 dec: z(r * 24)?,
                 _workspace: workspace,
                 // Opt-in until measured on a GPU (see README "GPU (CUDA)").
-                use_graphs: std::env::var_os("DIFFUGPT_CUDA_GRAPHS").is_some_and(|v| v == "1"),
+                use_graphs: graphs_enabled(),
                 graphs: HashMap::new(),
+                tick: 0,
+                warm: HashSet::new(),
+                captures: 0,
+                graph_failures: Vec::new(),
                 m,
                 stream: s,
                 blas,
@@ -376,7 +419,7 @@ impl<'m> CudaSession<'m> {
     }
 
     pub fn model(&self) -> &CudaModel {
-        self.m
+        &self.m
     }
 
     pub fn max_t(&self) -> usize {
@@ -416,44 +459,73 @@ impl<'m> CudaSession<'m> {
         })
     }
 
-    /// Whether forwards replay CUDA graphs (captured on first use for each sequence length): one
-    /// launch per forward instead of ~100. Off by default (env `DIFFUGPT_CUDA_GRAPHS=1` turns it
-    /// on) until measured on a GPU. The results are the same kernels on the same buffers.
+    /// Whether forwards replay CUDA graphs: one launch per forward instead of ~100. A shape runs
+    /// directly the first time, is captured the second time and replayed from then on. Off by
+    /// default (env `DIFFUGPT_CUDA_GRAPHS=1` turns it on) until measured on a GPU. The results
+    /// are the same kernels on the same buffers.
     pub fn set_graphs(&mut self, on: bool) {
         self.use_graphs = on;
     }
 
+    /// Graphs held now, and captured in this session's life.
+    pub fn graph_counts(&self) -> (usize, usize) {
+        (self.graphs.len(), self.captures)
+    }
+
+    /// The capture failures since the last call (the model's backend collects them for reports).
+    pub fn take_graph_failures(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.graph_failures)
+    }
+
     fn forward_graph(&mut self, t: usize, causal: bool) -> Result<()> {
-        if !self.graphs.contains_key(&(t, causal)) {
-            let mode = cusys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL;
-            cu("beginning a graph capture", self.stream.begin_capture(mode))?;
+        let key = (t, causal);
+        self.tick += 1;
+        if let Some((g, used)) = self.graphs.get_mut(&key) {
+            *used = self.tick;
+            return cu("launching the forward graph", g.0.launch());
+        }
+        if self.warm.insert(key) {
+            // First forward of this shape: an ordinary one.
+            // SAFETY: as in `forward`.
+            return unsafe { self.run_layers(t, causal) };
+        }
+        let mode = cusys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL;
+        let begun = cu("beginning a graph capture", self.stream.begin_capture(mode));
+        let captured = begun.and_then(|()| {
             // SAFETY: as in `forward`; captured, not run.
             let body = unsafe { self.run_layers(t, causal) };
             let flags = cusys::CUgraphInstantiate_flags(0);
-            let graph = self.stream.end_capture(flags);
-            match (body, graph) {
-                (Ok(()), Ok(Some(g))) => {
-                    self.graphs.insert((t, causal), Graph(g));
+            let graph = cu("ending the graph capture", self.stream.end_capture(flags));
+            body?;
+            graph?.ok_or_else(|| Error::Cuda("the capture recorded no graph".into()))
+        });
+        match captured {
+            Ok(g) => {
+                if self.graphs.len() >= GRAPH_CACHE {
+                    let oldest = self.graphs.iter().min_by_key(|(_, (_, used))| *used);
+                    if let Some(&k) = oldest.map(|(k, _)| k) {
+                        self.graphs.remove(&k);
+                    }
                 }
-                (body, graph) => {
-                    // Capture failed: say why once, run this and later forwards directly.
-                    self.use_graphs = false;
-                    eprintln!(
-                        "diffugpt: CUDA graph capture failed ({:?} / {:?}); running without graphs",
-                        body.err(),
-                        graph.err()
-                    );
-                    // SAFETY: as in `forward`.
-                    return unsafe { self.run_layers(t, causal) };
-                }
+                self.captures += 1;
+                let g = &self.graphs.entry(key).or_insert((Graph(g), self.tick)).0;
+                cu("launching the forward graph", g.0.launch())
+            }
+            Err(e) => {
+                // Say why (stderr, and the bench JSON through the backend's report), then run
+                // this and later forwards of the session directly.
+                let why = format!("T={t}{}: {e}", if causal { " causal" } else { "" });
+                eprintln!("diffugpt: CUDA graph capture failed ({why}); running without graphs");
+                self.graph_failures.push(why);
+                self.use_graphs = false;
+                // SAFETY: as in `forward`.
+                unsafe { self.run_layers(t, causal) }
             }
         }
-        let g = &self.graphs[&(t, causal)];
-        cu("launching the forward graph", g.0.launch())
     }
 
     unsafe fn run_layers(&mut self, t: usize, causal: bool) -> Result<()> {
-        let m = self.m;
+        let m = &*self.m;
         let k = &m.gpu.kernels;
         let s = &*self.stream;
         let d = m.dtype;
@@ -609,7 +681,7 @@ impl<'m> CudaSession<'m> {
 
     /// Logits for one chunk of hidden rows (<= row_cap) into `self.logits`.
     unsafe fn chunk_logits(&mut self, rows: &[usize]) -> Result<()> {
-        let m = self.m;
+        let m = &*self.m;
         let (c, v) = (m.cfg.n_embd, m.cfg.vocab_size);
         let d = m.dtype;
         if rows.len() > self.row_cap {

@@ -88,10 +88,11 @@ __device__ void add_ln_impl(float *x, const float *add, const T *add_bias, const
 // ---------------------------------------------------------------------------------------------
 // MLP activation: out = gelu_new(in + bias), tanh form (GPT-2's gelu_new), written as
 // y * sigmoid(2u) = y / (1 + exp(-2u)) like the CPU kernel. n = rows * N elements.
+// 64-bit indices throughout (rows * N exceeds 2^31 for long canvases of wide models).
 template <typename T>
-__device__ void bias_gelu_impl(const float *in, const T *bias, T *out, long long n, int N) {
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
-         i += (long long)gridDim.x * blockDim.x) {
+__device__ void bias_gelu_impl(const float *in, const T *bias, T *out, size_t n, size_t N) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
         float y = in[i] + to_f(bias[i % N]);
         float u = 0.7978845608028654f * (y + 0.044715f * y * y * y);
         store(&out[i], y / (1.0f + __expf(-2.0f * u)));
@@ -330,8 +331,8 @@ extern "C" __global__ void step_decide(const float *logits, int V, int end0, int
                                           const T *w, const T *b, T *out, int C, float eps) {       \
         add_ln_impl<T>(x, add, add_bias, w, b, out, C, eps);                                        \
     }                                                                                               \
-    extern "C" __global__ void bias_gelu_##S(const float *in, const T *bias, T *out, long long n,  \
-                                             int N) {                                               \
+    extern "C" __global__ void bias_gelu_##S(const float *in, const T *bias, T *out, size_t n,     \
+                                             size_t N) {                                            \
         bias_gelu_impl<T>(in, bias, out, n, N);                                                     \
     }                                                                                               \
     extern "C" __global__ void gather_rows_##S(const T *h, const unsigned int *rows, T *out,      \

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaFunction, CudaModule, CudaStream, LaunchConfig, PushKernelArg};
-use cudarc::nvrtc::{CompileOptions, Ptx};
+use cudarc::nvrtc::Ptx;
 
 use super::device::cu;
 use super::forward::GpuDtype;
@@ -26,30 +26,151 @@ const ROW_THREADS: u32 = 256;
 /// Queries per attention block (`ATT_BQ` in kernels.cu: one thread per query).
 const ATT_BQ: u32 = 64;
 
-/// Compiles `kernels.cu` to PTX for compute capability `cc` (e.g. (9, 0) -> sm_90). The PTX is
-/// loaded by the driver, which JIT-compiles it to the exact device.
-pub fn compile(cc: (i32, i32)) -> Result<Ptx> {
-    compile_for(&format!("sm_{}{}", cc.0, cc.1))
+/// `kernels.cu` compiled by NVRTC for one architecture: the CUBIN (machine code for exactly that
+/// compute capability, which any driver able to run the device loads) and the PTX (which the
+/// driver JIT-compiles, but refuses with `CUDA_ERROR_UNSUPPORTED_PTX_VERSION` when the NVRTC is
+/// newer than the driver). [`super::Gpu::open`] loads the CUBIN and keeps the PTX as the fallback.
+pub struct Compiled {
+    /// `sm_XY`.
+    pub arch: String,
+    /// The CUBIN, or why NVRTC gave none.
+    pub cubin: std::result::Result<Vec<u8>, String>,
+    pub ptx: Ptx,
 }
 
-/// Compiles `kernels.cu` for an architecture string such as `sm_90`; needs only libnvrtc (no GPU):
-/// the no-GPU test calls it to prove the source compiles.
-pub fn compile_for(arch: &str) -> Result<Ptx> {
-    super::device::guarded("NVRTC", || {
-        let opts = CompileOptions {
-            // IEEE division / sqrt and no flush-to-zero: the f32 path is compared with the CPU at
-            // 1e-5. `__expf` in the kernels is the deliberate fast path.
-            ftz: Some(false),
-            prec_div: Some(true),
-            prec_sqrt: Some(true),
-            fmad: Some(true),
-            options: vec![format!("--gpu-architecture={arch}"), "--std=c++17".into()],
-            name: Some("kernels.cu".into()),
-            ..Default::default()
-        };
-        cudarc::nvrtc::compile_ptx_with_opts(KERNELS_CU, opts)
-            .map_err(|e| Error::Cuda(format!("compiling kernels.cu for {arch}: {e:?}")))
+/// Which image of the kernels the driver loaded (reported in `Model::backend_notes` and the bench
+/// JSON).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KernelImage {
+    /// The CUBIN for this architecture.
+    Cubin { arch: String },
+    /// The PTX, JIT-compiled by the driver; `why`: why the CUBIN was not used.
+    Ptx { arch: String, why: String },
+}
+
+impl std::fmt::Display for KernelImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KernelImage::Cubin { arch } => write!(f, "cubin {arch}"),
+            KernelImage::Ptx { arch, why } => write!(f, "ptx {arch} (cubin not used: {why})"),
+        }
+    }
+}
+
+/// Compiles `kernels.cu` for compute capability `cc` (e.g. (9, 0) -> sm_90). A device newer than
+/// this NVRTC knows gets PTX for `compute_80` instead (no CUBIN), which the driver JIT-compiles
+/// forward.
+pub fn compile(cc: (i32, i32)) -> Result<Compiled> {
+    let arch = format!("sm_{}{}", cc.0, cc.1);
+    compile_for(&arch).or_else(|e| {
+        let why = e.to_string();
+        let mut c = compile_for("compute_80").map_err(|_| e)?;
+        c.cubin = Err(format!("NVRTC cannot compile for {arch}: {why}"));
+        Ok(c)
     })
+}
+
+/// The NVRTC options: IEEE division / sqrt and no flush-to-zero (the f32 path is compared with
+/// the CPU at 1e-5; `__expf` in the kernels is the deliberate fast path).
+fn nvrtc_options(arch: &str) -> Vec<String> {
+    vec![
+        "--ftz=false".into(),
+        "--prec-sqrt=true".into(),
+        "--prec-div=true".into(),
+        "--fmad=true".into(),
+        format!("--gpu-architecture={arch}"),
+        "--std=c++17".into(),
+    ]
+}
+
+/// Compiles `kernels.cu` for a real architecture such as `sm_90`, returning its CUBIN and PTX
+/// from the one compilation; needs only libnvrtc (no GPU): the no-GPU test calls it to prove the
+/// source compiles.
+pub fn compile_for(arch: &str) -> Result<Compiled> {
+    use cudarc::nvrtc::{result as nv, sys as nvsys};
+    super::device::guarded("NVRTC", || {
+        let err = |what: &str, e: &dyn std::fmt::Debug| {
+            Error::Cuda(format!("compiling kernels.cu for {arch}: {what}: {e:?}"))
+        };
+        let src = std::ffi::CString::new(KERNELS_CU).map_err(|e| err("source", &e))?;
+        let prog = nv::create_program(&src, Some(c"kernels.cu")).map_err(|e| err("create", &e))?;
+        // Destroys the program however this returns.
+        struct Prog(nvsys::nvrtcProgram);
+        impl Drop for Prog {
+            fn drop(&mut self) {
+                // SAFETY: created above, destroyed once.
+                let _ = unsafe { nv::destroy_program(self.0) };
+            }
+        }
+        let prog = Prog(prog);
+        // SAFETY: a live program (until `prog` drops).
+        if let Err(e) = unsafe { nv::compile_program(prog.0, &nvrtc_options(arch)) } {
+            // SAFETY: as above.
+            let log = unsafe { nv::get_program_log(prog.0) }
+                .map(|l| {
+                    let b: Vec<u8> = l
+                        .iter()
+                        .take_while(|&&c| c != 0)
+                        .map(|&c| c as u8)
+                        .collect();
+                    String::from_utf8_lossy(&b).into_owned()
+                })
+                .unwrap_or_default();
+            return Err(Error::Cuda(format!(
+                "compiling kernels.cu for {arch}: {e:?}: {log}"
+            )));
+        }
+        // SAFETY: a compiled program.
+        let ptx = unsafe { nv::get_ptx(prog.0) }.map_err(|e| err("PTX", &e))?;
+        let ptx_src: Vec<u8> = ptx
+            .iter()
+            .take_while(|&&c| c != 0)
+            .map(|&c| c as u8)
+            .collect();
+        let ptx = Ptx::from_src(String::from_utf8_lossy(&ptx_src).into_owned());
+        // SAFETY: a compiled program; the buffer has the size NVRTC reports.
+        let cubin = unsafe {
+            let mut size = 0usize;
+            match nvsys::nvrtcGetCUBINSize(prog.0, &mut size).result() {
+                Err(e) => Err(format!("nvrtcGetCUBINSize: {e:?}")),
+                Ok(()) if size == 0 => Err("NVRTC made no CUBIN".to_string()),
+                Ok(()) => {
+                    let mut buf = vec![0u8; size];
+                    nvsys::nvrtcGetCUBIN(prog.0, buf.as_mut_ptr() as *mut std::ffi::c_char)
+                        .result()
+                        .map(|()| buf)
+                        .map_err(|e| format!("nvrtcGetCUBIN: {e:?}"))
+                }
+            }
+        };
+        Ok(Compiled {
+            arch: arch.to_string(),
+            cubin,
+            ptx,
+        })
+    })
+}
+
+/// Loads the compiled kernels into `ctx`: the CUBIN first; the PTX when there is no CUBIN or the
+/// driver refuses it. The error, when both fail, names both reasons.
+pub fn load_module(
+    ctx: &Arc<cudarc::driver::CudaContext>,
+    c: Compiled,
+) -> Result<(Arc<CudaModule>, KernelImage)> {
+    let why = match c.cubin {
+        Ok(bin) => match ctx.load_module(Ptx::from_binary(bin)) {
+            Ok(m) => return Ok((m, KernelImage::Cubin { arch: c.arch })),
+            Err(e) => format!("the driver refused it: {e:?}"),
+        },
+        Err(e) => e,
+    };
+    match ctx.load_module(c.ptx) {
+        Ok(m) => Ok((m, KernelImage::Ptx { arch: c.arch, why })),
+        Err(e) => Err(Error::Cuda(format!(
+            "loading the kernels for {}: CUBIN: {why}; PTX: {e:?}",
+            c.arch
+        ))),
+    }
 }
 
 /// Per-dtype kernel handles, indexed by [`GpuDtype::index`].
@@ -174,8 +295,9 @@ impl Kernels {
         rows: usize,
         n_cols: usize,
     ) -> Result<()> {
-        let n = (rows * n_cols) as i64;
-        let nc = n_cols as i32;
+        // size_t on the device side (64-bit indices).
+        let n = (rows * n_cols) as u64;
+        let nc = n_cols as u64;
         // Grid-stride loop: enough blocks to fill an H100/H200 several times over.
         let blocks = (rows * n_cols).div_ceil(256).clamp(1, 132 * 16) as u32;
         let cfg = LaunchConfig {
