@@ -1,4 +1,4 @@
-//! int8 x int8 products for the int8 projection weights on CPUs with AVX-512 VNNI
+//! int8 x int8 products for the int8 projections and head on CPUs with AVX-512 VNNI
 //! (`vpdpbusd`: 64 byte products summed into 16 int32 lanes per instruction, measured at 4x the
 //! f32 FMA rate on an Intel Xeon with AVX512_VNNI — benches/README.md).
 //!
