@@ -3,6 +3,8 @@
 //! (64 rows) and a full one (1024), best of five. Separates the kernels' rate from the rest of the
 //! forward that `diffugpt bench` times.
 //!
+//! Where the int8 VNNI kernels run (`cpu_int8::active`), their rates follow (GOP/s).
+//!
 //! `cargo run --release --example kernel_rates` (`RAYON_NUM_THREADS=1` for one core).
 
 use std::time::Instant;
@@ -48,6 +50,48 @@ fn main() {
                     best * 1e3
                 );
             }
+        }
+    }
+    // int8 weights on the VNNI kernels (GOP/s: two operations per byte multiply-add), where
+    // they run.
+    if !diffugpt::cpu_int8::active() {
+        return;
+    }
+    for m in [64usize, 1024] {
+        for (k, n, what) in shapes {
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 7) % 13) as f32 * 0.01 - 0.06)
+                .collect();
+            let w: Vec<f32> = (0..k * n)
+                .map(|i| ((i * 5) % 11) as f32 * 0.01 - 0.05)
+                .collect();
+            let head = n == 50257;
+            // The head's rows are [N, K]; the same values serve as such (only the rate matters).
+            let q = if head {
+                diffugpt::cpu_quant::rows_to_int8_strips(&w, k, n)
+            } else {
+                diffugpt::cpu_quant::strips_to_int8(&pack_nn(&w, k, n), k, n)
+            };
+            let mut out = vec![0f32; m * n];
+            let mut run = || {
+                if head {
+                    diffugpt::cpu_int8::matmul_head_q8(&x, &q, &mut out, m, k, n)
+                } else {
+                    diffugpt::cpu_int8::matmul_strips_q8(&x, &q, None, &mut out, m, k, n)
+                }
+            };
+            run();
+            let mut best = f64::MAX;
+            for _ in 0..5 {
+                let t = Instant::now();
+                run();
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+            let gops = 2.0 * (m * k * n) as f64 / best / 1e9;
+            println!(
+                "| int8 vnni | {m} | {what} | {k} x {n} | {:.2} | {gops:.1} (GOP/s) |",
+                best * 1e3
+            );
         }
     }
 }
