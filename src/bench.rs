@@ -87,27 +87,17 @@ pub fn fma_peak_gflops() -> Option<f64> {
         if !avx512 && !fma {
             return None;
         }
-        const ITERS: usize = 8_000_000;
         let lanes = if avx512 { 16 } else { 8 };
-        let mut best = 0f64;
-        for _ in 0..7 {
-            let t = Instant::now();
-            let sums = rayon::broadcast(|ctx| {
-                let seed = std::hint::black_box(1.0 + ctx.index() as f32);
-                // SAFETY: the features each kernel needs were detected above.
-                unsafe {
-                    if avx512 {
-                        fma_chains::zmm(ITERS, seed)
-                    } else {
-                        fma_chains::ymm(ITERS, seed)
-                    }
+        Some(best_chain_rate(lanes * 2, |seed| {
+            // SAFETY: the features each kernel needs were detected above.
+            unsafe {
+                if avx512 {
+                    fma_chains::zmm(fma_chains::ITERS, seed as f32)
+                } else {
+                    fma_chains::ymm(fma_chains::ITERS, seed as f32)
                 }
-            });
-            std::hint::black_box(sums.iter().sum::<f32>());
-            let flops = (ITERS * fma_chains::CHAINS * lanes * 2 * sums.len()) as f64;
-            best = best.max(flops / t.elapsed().as_secs_f64() / 1e9);
-        }
-        Some(best)
+            }
+        }))
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -125,19 +115,10 @@ pub fn int8_peak_gops() -> Option<f64> {
     }
     #[cfg(target_arch = "x86_64")]
     {
-        const ITERS: usize = 8_000_000;
-        let mut best = 0f64;
-        for _ in 0..7 {
-            let t = Instant::now();
-            let sums = rayon::broadcast(|ctx| {
-                // SAFETY: `cpu_int8::active()` implies AVX-512F and AVX512_VNNI.
-                unsafe { fma_chains::vnni(ITERS, std::hint::black_box(1 + ctx.index() as i32)) }
-            });
-            std::hint::black_box(sums.iter().sum::<i32>());
-            let ops = (ITERS * fma_chains::CHAINS * 64 * 2 * sums.len()) as f64;
-            best = best.max(ops / t.elapsed().as_secs_f64() / 1e9);
-        }
-        Some(best)
+        Some(best_chain_rate(64 * 2, |seed| {
+            // SAFETY: `cpu_int8::active()` implies AVX-512F and AVX512_VNNI.
+            unsafe { fma_chains::vnni(fma_chains::ITERS, seed as i32) as f32 }
+        }))
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -158,24 +139,31 @@ pub fn bf16_dot_peak_gflops() -> Option<f64> {
         {
             return None;
         }
-        const ITERS: usize = 8_000_000;
-        let mut best = 0f64;
-        for _ in 0..7 {
-            let t = Instant::now();
-            let sums = rayon::broadcast(|ctx| {
-                // SAFETY: AVX-512F and AVX512_BF16 detected above.
-                unsafe { fma_chains::bf16(ITERS, std::hint::black_box(1.0 + ctx.index() as f32)) }
-            });
-            std::hint::black_box(sums.iter().sum::<f32>());
-            let flops = (ITERS * fma_chains::CHAINS * 32 * 2 * sums.len()) as f64;
-            best = best.max(flops / t.elapsed().as_secs_f64() / 1e9);
-        }
-        Some(best)
+        Some(best_chain_rate(32 * 2, |seed| {
+            // SAFETY: AVX-512F and AVX512_BF16 detected above.
+            unsafe { fma_chains::bf16(fma_chains::ITERS, seed as f32) }
+        }))
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
         None
     }
+}
+
+/// The one timing loop of the peaks above: `chains(seed)` on every rayon thread at once (a
+/// different seed each), best of seven; `ops_per_instr` operations per instruction of a chain.
+/// In G operations per second.
+#[cfg(target_arch = "x86_64")]
+fn best_chain_rate(ops_per_instr: usize, chains: impl Fn(usize) -> f32 + Sync) -> f64 {
+    let mut best = 0f64;
+    for _ in 0..7 {
+        let t = Instant::now();
+        let sums = rayon::broadcast(|ctx| chains(std::hint::black_box(1 + ctx.index())));
+        std::hint::black_box(sums.iter().sum::<f32>());
+        let ops = (fma_chains::ITERS * fma_chains::CHAINS * ops_per_instr * sums.len()) as f64;
+        best = best.max(ops / t.elapsed().as_secs_f64() / 1e9);
+    }
+    best
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -184,6 +172,8 @@ mod fma_chains {
 
     /// Independent dependency chains: enough to keep every FMA pipe busy despite its latency.
     pub(super) const CHAINS: usize = 12;
+    /// Instructions per chain and run (~30 ms at the rates of current cores).
+    pub(super) const ITERS: usize = 8_000_000;
 
     /// `CHAINS` x `iters` 16-lane FMAs. Each chain starts from a different value, so the
     /// compiler cannot merge them into one.

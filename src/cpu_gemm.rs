@@ -165,6 +165,25 @@ fn runnable(isa: Isa) -> bool {
     isa != Isa::Generic && isa <= detected()
 }
 
+/// Masks of the two 16-lane halves of a strip with `cols <= 32` columns (AVX-512 `__mmask16`s;
+/// also [`crate::cpu_int8`]'s).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(crate) fn strip_masks(cols: usize) -> (u16, u16) {
+    let m0 = if cols >= 16 {
+        0xffff
+    } else {
+        ((1u32 << cols) - 1) as u16
+    };
+    let m1 = if cols <= 16 {
+        0
+    } else if cols >= 32 {
+        0xffff
+    } else {
+        ((1u32 << (cols - 16)) - 1) as u16
+    };
+    (m0, m1)
+}
+
 /// The cache-blocked product for many rows: per panel of `NC` output columns and block of
 /// `KC_PACK` weight rows, the weights are copied once into a contiguous `[KC_PACK, NC]` block
 /// (transposed on the way for `nt`, the head's `[N, K]` rows), then every block of `MR`
@@ -212,7 +231,7 @@ fn packed(
 }
 
 #[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
+pub(crate) struct SendPtr(pub(crate) *mut f32);
 // SAFETY: each task writes a disjoint set of output columns.
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
@@ -1055,23 +1074,6 @@ mod x86 {
         use super::super::MR_AVX512 as MR;
         use std::arch::x86_64::*;
 
-        /// Masks of the two 16-lane halves of a strip with `cols <= 32` columns.
-        fn strip_masks(cols: usize) -> (__mmask16, __mmask16) {
-            let m0 = if cols >= 16 {
-                0xffff
-            } else {
-                ((1u32 << cols) - 1) as u16
-            };
-            let m1 = if cols <= 16 {
-                0
-            } else if cols >= 32 {
-                0xffff
-            } else {
-                ((1u32 << (cols - 16)) - 1) as u16
-            };
-            (m0, m1)
-        }
-
         /// [`micro`] for `rows` (1..=`MR`) rows: the one place that turns a run-time row count
         /// into the register block's compile-time one.
         #[target_feature(enable = "avx512f")]
@@ -1090,7 +1092,7 @@ mod x86 {
             cols: usize,
         ) {
             debug_assert!((1..=MR).contains(&rows));
-            let (m0, m1) = strip_masks(cols);
+            let (m0, m1) = super::super::strip_masks(cols);
             macro_rules! go {
                 ($R:literal) => {
                     micro::<$R>(xp, ldx, wp, ldw, out, ldo, kc, accumulate, bias, m0, m1)

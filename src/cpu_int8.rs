@@ -15,6 +15,7 @@
 
 use rayon::prelude::*;
 
+use crate::cpu_gemm::SendPtr;
 use crate::cpu_quant::{Q8_ROW_BLOCK, Q8_STRIP_BLOCK, QK};
 
 /// The environment variable that picks the int8 products: `auto` (default: VNNI where the CPU
@@ -330,12 +331,6 @@ pub fn matmul_strips_q8_reference(
     }
 }
 
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: each task writes a disjoint set of columns (see `matmul_strips_q8`).
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
 #[cfg(target_arch = "x86_64")]
 mod vnni {
     use super::{Start, MR, NR, Q8_ROW_BLOCK};
@@ -361,18 +356,7 @@ mod vnni {
         lc: usize,
     ) {
         debug_assert!((1..=MR).contains(&rows) && cols <= lc && lc <= NR);
-        let m0 = if cols >= 16 {
-            0xffff
-        } else {
-            ((1u32 << cols) - 1) as u16
-        };
-        let m1 = if cols <= 16 {
-            0
-        } else if cols >= 32 {
-            0xffff
-        } else {
-            ((1u32 << (cols - 16)) - 1) as u16
-        };
+        let (m0, m1) = crate::cpu_gemm::strip_masks(cols);
         macro_rules! go {
             ($R:literal) => {
                 block::<$R>(
