@@ -128,9 +128,9 @@ pub fn int8_peak_gops() -> Option<f64> {
 
 /// Measured bf16 dot-product throughput (`vdpbf16ps`: 32 bf16 multiply-adds per instruction
 /// into 16 f32 lanes, two operations each) on all of rayon's threads, in GFLOP/s, where the CPU
-/// has AVX512_BF16 (`None` elsewhere). Not a kernel path: printed beside the bf16 rows because it
-/// decides whether one would pay — on the Xeon this was tried on it is half the f32 FMA peak, so
-/// bf16 weights are decoded into the f32 kernels instead (benches/README.md).
+/// has AVX512_BF16 (`None` elsewhere): the ceiling of the bf16 forward where it runs on
+/// [`crate::cpu_bf16`]'s kernels, and otherwise the reason it does not (on the Xeon this was
+/// tried on it is half the f32 FMA peak; benches/README.md).
 pub fn bf16_dot_peak_gflops() -> Option<f64> {
     #[cfg(target_arch = "x86_64")]
     {
@@ -143,6 +143,39 @@ pub fn bf16_dot_peak_gflops() -> Option<f64> {
             // SAFETY: AVX-512F and AVX512_BF16 detected above.
             unsafe { fma_chains::bf16(fma_chains::ITERS, seed as f32) }
         }))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        None
+    }
+}
+
+/// One thread's `vdpbf16ps` rate over its 512-bit FMA rate, in floating-point operations (a
+/// `vdpbf16ps` does 32 multiply-adds, an FMA 16): what [`crate::cpu_bf16::active`] decides by.
+/// Short chains (about a millisecond each, best of five, interleaved so that a busy neighbour
+/// slows both alike); measured 2.0 on AMD Zen 4 and 0.5 on an Intel Xeon with AVX512_BF16.
+/// `None` without AVX-512F and AVX512_BF16.
+pub fn bf16_dot_to_fma_ratio() -> Option<f64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if !(std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bf16"))
+        {
+            return None;
+        }
+        const SHORT: usize = 40_000;
+        let (mut dot, mut fma) = (f64::MAX, f64::MAX);
+        for i in 0..5 {
+            let t = Instant::now();
+            // SAFETY: AVX-512F and AVX512_BF16 detected above.
+            std::hint::black_box(unsafe { fma_chains::bf16(SHORT, 1.0 + i as f32) });
+            dot = dot.min(t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            // SAFETY: as above.
+            std::hint::black_box(unsafe { fma_chains::zmm(SHORT, 1.0 + i as f32) });
+            fma = fma.min(t.elapsed().as_secs_f64());
+        }
+        Some(2.0 * fma / dot)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {

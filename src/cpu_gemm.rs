@@ -346,6 +346,20 @@ pub fn matmul_nn_serial_with(
 /// Columns per strip of the pre-packed layout ([`pack_nn`]). (Crate-private: cbindgen.)
 pub(crate) const STRIP: usize = NR;
 
+/// A vector of `len` f32 written by `fill` through the pointer it is given, never zeroed: for
+/// kernel outputs (up to 200 MB of logits on a full canvas), where zeroing first is a serial
+/// pass over the memory and its page faults, on the calling thread only.
+///
+/// # Safety
+/// `fill` must write all `len` values (a panic inside it leaves the vector unreturned).
+pub(crate) unsafe fn filled_vec(len: usize, fill: impl FnOnce(*mut f32)) -> Vec<f32> {
+    let mut v: Vec<f32> = Vec::with_capacity(len);
+    fill(v.spare_capacity_mut().as_mut_ptr() as *mut f32);
+    // SAFETY: the caller's promise: all `len` values are written.
+    unsafe { v.set_len(len) };
+    v
+}
+
 /// Length of `w [K, N]` in the pre-packed layout: whole strips, the last zero-padded.
 pub fn packed_len(k: usize, n: usize) -> usize {
     n.div_ceil(NR) * k * NR
@@ -1655,7 +1669,7 @@ mod tests {
     /// path and panel path), with ragged strips and depths that are not multiples of 32.
     #[test]
     fn decoded_strips_equal_the_f32_kernels_on_the_decoded_weights() {
-        use crate::cpu_quant::{strips_to_int8, to_bf16, Strips};
+        use crate::cpu_quant::{strips_to_bf16, strips_to_int8, Strips};
         for isa in kernel_isas() {
             let mut seed = 11;
             for &(m, k, n) in &[(1, 77, 45), (5, 300, 200), (64, 96, 33), (130, 300, 200)] {
@@ -1663,7 +1677,7 @@ mod tests {
                 let w = rand_vec(k * n, &mut seed);
                 let b = rand_vec(n, &mut seed);
                 let p = pack_nn(&w, k, n);
-                let (pb, pq) = (to_bf16(&p), strips_to_int8(&p, k, n));
+                let (pb, pq) = (strips_to_bf16(&p, k, n), strips_to_int8(&p, k, n));
                 for ws in [Strips::Bf16(&pb), Strips::Int8(&pq)] {
                     let mut decoded = vec![0f32; p.len()];
                     for (s, d) in decoded.chunks_exact_mut(k * NR).enumerate() {

@@ -199,7 +199,26 @@ pub fn matmul_strips_q8(
     let strips = n.div_ceil(NR);
     let want = strips * k.div_ceil(QK) * Q8_STRIP_BLOCK;
     assert_eq!(w.len(), want, "matmul_strips_q8: weight size");
-    strips_q8(x, w, bias, out, m, k, n, false)
+    assert_eq!(out.len(), m * n, "int8 products: output size");
+    // SAFETY: `out` holds m x n values.
+    unsafe { strips_q8(x, w, bias, out.as_mut_ptr(), m, k, n, false) }
+}
+
+/// [`matmul_strips_q8`] into a new vector, which the kernels fill without it being zeroed first
+/// (see [`crate::cpu_gemm::filled_vec`]).
+pub fn matmul_strips_q8_new(
+    x: &[f32],
+    w: &[u8],
+    bias: Option<&[f32]>,
+    m: usize,
+    k: usize,
+    n: usize,
+) -> Vec<f32> {
+    let want = n.div_ceil(NR) * k.div_ceil(QK) * Q8_STRIP_BLOCK;
+    assert_eq!(w.len(), want, "matmul_strips_q8: weight size");
+    // SAFETY: the kernels write every one of the m x n values (every row block stores all of
+    // its strip's columns on its first run of depth blocks).
+    unsafe { crate::cpu_gemm::filled_vec(m * n, |o| strips_q8(x, w, bias, o, m, k, n, false)) }
 }
 
 /// `out[M, N] = x[M, K] @ head[N, K]^T` for an int8 head in
@@ -214,17 +233,34 @@ pub fn matmul_head_q8(x: &[f32], w: &[u8], out: &mut [f32], m: usize, k: usize, 
         n * k.div_ceil(QK) * Q8_ROW_BLOCK,
         "matmul_head_q8: weight size"
     );
-    strips_q8(x, w, None, out, m, k, n, true)
+    assert_eq!(out.len(), m * n, "int8 products: output size");
+    // SAFETY: `out` holds m x n values.
+    unsafe { strips_q8(x, w, None, out.as_mut_ptr(), m, k, n, true) }
+}
+
+/// [`matmul_head_q8`] into a new vector (as [`matmul_strips_q8_new`]).
+pub fn matmul_head_q8_new(x: &[f32], w: &[u8], m: usize, k: usize, n: usize) -> Vec<f32> {
+    assert_eq!(
+        w.len(),
+        n * k.div_ceil(QK) * Q8_ROW_BLOCK,
+        "matmul_head_q8: weight size"
+    );
+    // SAFETY: as in `matmul_strips_q8_new`.
+    unsafe { crate::cpu_gemm::filled_vec(m * n, |o| strips_q8(x, w, None, o, m, k, n, true)) }
 }
 
 /// The driver of both: strips of 32 columns in parallel; `compact_last`: the last strip holds
-/// only its `n % 32` columns (36 bytes per column and block) instead of a padded 32.
+/// only its `n % 32` columns (36 bytes per column and block) instead of a padded 32. Writes
+/// every one of the `m x n` values of `out`.
+///
+/// # Safety
+/// `out` must be valid for writes of `m x n` f32.
 #[allow(clippy::too_many_arguments)]
-fn strips_q8(
+unsafe fn strips_q8(
     x: &[f32],
     w: &[u8],
     bias: Option<&[f32]>,
-    out: &mut [f32],
+    out: *mut f32,
     m: usize,
     k: usize,
     n: usize,
@@ -235,7 +271,6 @@ fn strips_q8(
         "int8 products: the CPU cannot run the VNNI kernels"
     );
     assert_eq!(x.len(), m * k, "int8 products: input size");
-    assert_eq!(out.len(), m * n, "int8 products: output size");
     assert!(
         bias.is_none_or(|b| b.len() == n),
         "int8 products: bias size"
@@ -243,7 +278,7 @@ fn strips_q8(
     let blocks = k.div_ceil(QK);
     let strips = n.div_ceil(NR);
     let xq = quantize_rows(x, m, k);
-    let optr = SendPtr(out.as_mut_ptr());
+    let optr = SendPtr(out);
     // A strip's int8 blocks (27-108 KiB for GPT-2) stay in L1/L2 while every row block runs
     // over all of `K` against them; the quantised rows stream from L2.
     (0..strips).into_par_iter().for_each(|s| {
@@ -260,7 +295,8 @@ fn strips_q8(
         // with runs).
         let kb = if m <= KB_MAX_ROWS { KB } else { blocks };
         let mut b0 = 0;
-        while b0 < blocks {
+        // At least one run, so that even K = 0 writes every output (the bias or zero).
+        loop {
             let nb = kb.min(blocks - b0);
             let mut r = 0;
             while r < m {
@@ -292,6 +328,9 @@ fn strips_q8(
                 r += rows;
             }
             b0 += nb;
+            if b0 >= blocks {
+                break;
+            }
         }
     });
 }

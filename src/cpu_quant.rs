@@ -9,18 +9,22 @@
 //! Without `vpdpbusd` that is also the fast way: an int8 dot product then takes as many
 //! instructions per multiply-add as an f32 FMA. On CPUs with AVX-512 VNNI the int8 projections
 //! run on [`crate::cpu_int8`]'s integer dot products instead (activations quantised per block of
-//! 32). bf16 stays on the decode path everywhere: `vdpbf16ps` was measured at half the f32 FMA
-//! rate on the AVX512_BF16 Xeon it was tried on (benches/README.md).
+//! 32). Likewise bf16 on CPUs where `vdpbf16ps` is fast ([`crate::cpu_bf16`]: AMD Zen 4, twice
+//! the f32 FMA rate; not the Intel Xeon tried, half of it — there bf16 stays on this path).
 //!
 //! Layouts (all little-endian, rank 3 for projections so that the model can tell them apart):
-//! * projections, bf16: [`crate::cpu_gemm::pack_nn`]'s strips `[ceil(N/32), K, 32]` as bf16;
+//! * projections, bf16: [`crate::cpu_gemm::pack_nn`]'s strips `[ceil(N/32), K, 32]` as bf16,
+//!   each strip's depth rows in pairs (each column's two values of a pair adjacent: one 32-bit
+//!   lane of `vdpbf16ps`), an odd last row plain (`bf16_pair_index`);
 //! * projections, int8: per strip, per block of `QK` (32) depth rows, 32 f32 scales (one per
 //!   column) then the `32 x 32` int8 values in the order `vpdpbusd` reads them — groups of four
 //!   depth rows, in each group the 32 columns' four values contiguous (byte `(r / 4) * 128 +
 //!   c * 4 + r % 4`) — each stored plus 128 (XOR `0x80`: unsigned, the operand `vpdpbusd`
 //!   takes unsigned): `[ceil(N/32), ceil(K/32), Q8_STRIP_BLOCK]` bytes. Scale = max |w| / 127
 //!   over the block's column, values rounded to nearest;
-//! * head (`[N, K]` rows, the tied embedding), bf16: `[N, K]`; int8: per row, per block of 32
+//! * head (`[N, K]` rows, the tied embedding), bf16: `[N, K]` — or, where the `vdpbf16ps`
+//!   kernels run, the strips of the `[K, N]` weight in the projections' pair order, the last
+//!   strip compact ([`Rows::Bf16Strips`], same size); int8: per row, per block of 32
 //!   along `K`, one f32 scale then 32 int8 values (llama.cpp's Q8_0 with an f32 scale):
 //!   `[N, ceil(K/32) * Q8_ROW_BLOCK]` bytes. Where [`crate::cpu_int8`]'s VNNI kernels run, the
 //!   int8 head is kept instead as the strips of the `[K, N]` weight it multiplies as (the same
@@ -110,7 +114,7 @@ impl Strips<'_> {
         debug_assert!(k0.is_multiple_of(QK) && k0 + kc <= k && out.len() >= kc * NR);
         match *self {
             Strips::F32(w) => out[..kc * NR].copy_from_slice(&w[(s * k + k0) * NR..][..kc * NR]),
-            Strips::Bf16(w) => bf16_to_f32(&w[(s * k + k0) * NR..][..kc * NR], &mut out[..kc * NR]),
+            Strips::Bf16(w) => bf16_pairs_to_f32(&w[s * k * NR..][..k * NR], k, k0, kc, out),
             Strips::Int8(w) => {
                 let blocks = k.div_ceil(QK);
                 let mut done = 0;
@@ -137,6 +141,8 @@ pub enum Rows<'a> {
     F32(&'a [f32]),
     Bf16(&'a [bf16]),
     Int8(&'a [u8]),
+    /// bf16 in the strip order of [`rows_to_bf16_strips`] (for the `vdpbf16ps` kernels).
+    Bf16Strips(&'a [bf16]),
     /// int8 in the strip order of [`rows_to_int8_strips`] (for the VNNI kernels).
     Int8Strips(&'a [u8]),
 }
@@ -145,7 +151,7 @@ impl Rows<'_> {
     /// The element (byte, for int8) count of `n` rows of `k`.
     pub fn expected_len(&self, k: usize, n: usize) -> usize {
         match self {
-            Rows::F32(_) | Rows::Bf16(_) => n * k,
+            Rows::F32(_) | Rows::Bf16(_) | Rows::Bf16Strips(_) => n * k,
             Rows::Int8(_) | Rows::Int8Strips(_) => n * k.div_ceil(QK) * Q8_ROW_BLOCK,
         }
     }
@@ -153,7 +159,7 @@ impl Rows<'_> {
     pub fn len(&self) -> usize {
         match self {
             Rows::F32(v) => v.len(),
-            Rows::Bf16(v) => v.len(),
+            Rows::Bf16(v) | Rows::Bf16Strips(v) => v.len(),
             Rows::Int8(v) | Rows::Int8Strips(v) => v.len(),
         }
     }
@@ -175,6 +181,19 @@ impl Rows<'_> {
                     k,
                     &mut out[..rows * k],
                 );
+            }
+            Rows::Bf16Strips(w) => {
+                // A gather, as for int8 below.
+                let n = w.len() / k;
+                for (i, o) in out[..rows * k].chunks_exact_mut(k).enumerate() {
+                    let v = r0 + i;
+                    let (s, c) = (v / NR, v % NR);
+                    let lc = NR.min(n - s * NR);
+                    let strip = &w[s * NR * k..][..lc * k];
+                    for (r, x) in o.iter_mut().enumerate() {
+                        *x = strip[bf16_pair_index(r, c, lc, k)].to_f32();
+                    }
+                }
             }
             Rows::Int8Strips(w) => {
                 // A gather (four bytes of a column per 4 x 32-byte group): fine for the
@@ -223,6 +242,64 @@ fn bf16_to_f32_body(src: &[bf16], out: &mut [f32]) {
 #[target_feature(enable = "avx2")]
 unsafe fn bf16_to_f32_avx2(src: &[bf16], out: &mut [f32]) {
     bf16_to_f32_body(src, out)
+}
+
+/// Where depth row `r`, column `c` of a bf16 strip of `lc` columns and depth `k` is stored: the
+/// depth rows in pairs, each column's pair contiguous (the two bf16 halves of one 32-bit lane,
+/// the order `vdpbf16ps` multiplies them in), an odd last row plain after the pairs.
+#[inline]
+pub(crate) fn bf16_pair_index(r: usize, c: usize, lc: usize, k: usize) -> usize {
+    if k % 2 == 1 && r + 1 == k {
+        r * lc + c
+    } else {
+        ((r / 2) * lc + c) * 2 + r % 2
+    }
+}
+
+/// Depth rows `k0..k0 + kc` (`k0` even) of one bf16 strip in pair order (`strip`: all `k` rows
+/// of 32 columns) as f32, `kc x NR`, into `out`.
+fn bf16_pairs_to_f32(strip: &[bf16], k: usize, k0: usize, kc: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::cpu_gemm::isa() >= crate::cpu_gemm::Isa::Avx2 {
+        // SAFETY: as in `bf16_to_f32`.
+        unsafe { bf16_pairs_to_f32_avx2(strip, k, k0, kc, out) };
+        return;
+    }
+    bf16_pairs_to_f32_body(strip, k, k0, kc, out)
+}
+
+#[inline(always)]
+fn bf16_pairs_to_f32_body(strip: &[bf16], k: usize, k0: usize, kc: usize, out: &mut [f32]) {
+    debug_assert!(k0.is_multiple_of(2) && k0 + kc <= k && out.len() >= kc * NR);
+    let f = |b: bf16| f32::from_bits((b.to_bits() as u32) << 16);
+    let paired = k - k % 2;
+    let mut r = 0;
+    // Whole pairs: one 64-element run of the strip gives two depth rows.
+    while r + 1 < kc && k0 + r + 1 < paired {
+        let pairs = &strip[(k0 + r) * NR..][..2 * NR];
+        let (even, odd) = out[r * NR..][..2 * NR].split_at_mut(NR);
+        for ((e, o), p) in even
+            .iter_mut()
+            .zip(odd.iter_mut())
+            .zip(pairs.chunks_exact(2))
+        {
+            *e = f(p[0]);
+            *o = f(p[1]);
+        }
+        r += 2;
+    }
+    // A lone row: the first of a pair cut by `kc`, or the plain odd last row.
+    if r < kc {
+        for (c, o) in out[r * NR..][..NR].iter_mut().enumerate() {
+            *o = f(strip[bf16_pair_index(k0 + r, c, NR, k)]);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn bf16_pairs_to_f32_avx2(strip: &[bf16], k: usize, k0: usize, kc: usize, out: &mut [f32]) {
+    bf16_pairs_to_f32_body(strip, k, k0, kc, out)
 }
 
 /// The first `rows` depth rows of a block's int8 values (`vpdpbusd` order, biased by 128)
@@ -289,6 +366,41 @@ unsafe fn int8_head_rows_to_f32_avx2(w: &[u8], k: usize, out: &mut [f32]) {
 /// f32 to bf16, round to nearest even (NaN stays NaN).
 pub fn to_bf16(w: &[f32]) -> Vec<bf16> {
     w.iter().map(|&v| bf16::from_f32(v)).collect()
+}
+
+/// Strip-packed f32 (`pack_nn`'s layout) of a `k x n` weight to bf16 strips in pair order
+/// ([`bf16_pair_index`]); same length.
+pub fn strips_to_bf16(packed: &[f32], k: usize, n: usize) -> Vec<bf16> {
+    assert_eq!(packed.len(), crate::cpu_gemm::packed_len(k, n));
+    let mut out = vec![bf16::ZERO; packed.len()];
+    for (src, dst) in packed
+        .chunks_exact(k * NR)
+        .zip(out.chunks_exact_mut(k * NR))
+    {
+        for r in 0..k {
+            for c in 0..NR {
+                dst[bf16_pair_index(r, c, NR, k)] = bf16::from_f32(src[r * NR + c]);
+            }
+        }
+    }
+    out
+}
+
+/// `[n, k]` f32 rows to [`Rows::Bf16Strips`]: the strips of the `[k, n]` weight they multiply
+/// as, in pair order, the last strip compact (its `n % 32` columns only); `n * k` values.
+pub fn rows_to_bf16_strips(w: &[f32], k: usize, n: usize) -> Vec<bf16> {
+    assert_eq!(w.len(), n * k);
+    let mut out = vec![bf16::ZERO; n * k];
+    for s in 0..n.div_ceil(NR) {
+        let lc = NR.min(n - s * NR);
+        let strip = &mut out[s * NR * k..][..lc * k];
+        for c in 0..lc {
+            for (r, &v) in w[(s * NR + c) * k..][..k].iter().enumerate() {
+                strip[bf16_pair_index(r, c, lc, k)] = bf16::from_f32(v);
+            }
+        }
+    }
+    out
 }
 
 /// One scale and the rounded values for `vals` (at most [`QK`]): scale = max |v| / 127.
@@ -402,7 +514,7 @@ mod tests {
         let (k, n) = (77, 45);
         let w = rand_vec(k * n, 7);
         let packed = crate::cpu_gemm::pack_nn(&w, k, n);
-        let b = to_bf16(&packed);
+        let b = strips_to_bf16(&packed, k, n);
         let q = strips_to_int8(&packed, k, n);
         for (fmt, strips) in [("bf16", Strips::Bf16(&b)), ("int8", Strips::Int8(&q))] {
             assert_eq!(strips.len(), strips.expected_len(k, n), "{fmt}");
@@ -460,6 +572,24 @@ mod tests {
             Rows::Int8(&rq).decode(k, r0, rows, &mut a);
             Rows::Int8Strips(&sq).decode(k, r0, rows, &mut b);
             assert_eq!(a, b, "rows {r0}..{}", r0 + rows);
+        }
+    }
+
+    /// The bf16 strip-ordered head holds exactly the row layout's values (odd depth: a plain
+    /// last row; compact last strip of 13 rows).
+    #[test]
+    fn bf16_head_strips_decode_like_rows() {
+        for (k, n) in [(64, 45), (77, 45), (1, 33)] {
+            let w = rand_vec(k * n, 9);
+            let (rb, sb) = (to_bf16(&w), rows_to_bf16_strips(&w, k, n));
+            assert_eq!(sb.len(), Rows::Bf16Strips(&sb).expected_len(k, n));
+            for (r0, rows) in [(0, n), (30, 3), (n - 1, 1)] {
+                let mut a = vec![0f32; rows * k];
+                let mut b = vec![1f32; rows * k];
+                Rows::Bf16(&rb).decode(k, r0, rows, &mut a);
+                Rows::Bf16Strips(&sb).decode(k, r0, rows, &mut b);
+                assert_eq!(a, b, "k {k} rows {r0}..{}", r0 + rows);
+            }
         }
     }
 

@@ -42,9 +42,15 @@ fn argmax(v: &[f32]) -> usize {
         .0
 }
 
+/// Relative logit error (largest difference over the largest |logit|) allowed against f32.
+/// bf16 on `vdpbf16ps` rounds the activations to bf16 too (8-bit mantissa, 2^-9 relative per
+/// element, on top of the weights' rounding): measured on the parity fixture of width 16 at
+/// 1.15e-2 and on the default model at 1.6e-2 worst / 6.7e-3 mean per sequence (against 8.4e-3
+/// and 7e-3 for the weights alone; benches/README.md), hence 2e-2 on that path.
 fn tol(f: WeightFormat) -> f32 {
     match f {
         WeightFormat::F32 => 1e-4,
+        WeightFormat::Bf16 if diffugpt::cpu_bf16::active() => 2e-2,
         WeightFormat::Bf16 => 1e-2,
         WeightFormat::Int8 => 1e-2,
     }
@@ -153,12 +159,14 @@ fn compressed_weights_match_the_f32_forward() {
         let back = plain.forward_logits(&x, &AttnMask::Bidirectional).unwrap();
         let e = rel_err(&back.to_vec2::<f32>().unwrap(), &got);
         // The same weights: 1e-4, unless int8 runs on VNNI dot products (activations rounded
-        // to int8 per block of 32 as well): then within the format's tolerance.
-        let same_weights_tol = if f == WeightFormat::Int8 && diffugpt::cpu_int8::active() {
-            tol(f)
-        } else {
-            1e-4
+        // to int8 per block of 32 as well) or bf16 on vdpbf16ps (activations rounded to bf16):
+        // then within the format's tolerance.
+        let rounds_activations = match f {
+            WeightFormat::Int8 => diffugpt::cpu_int8::active(),
+            WeightFormat::Bf16 => diffugpt::cpu_bf16::active(),
+            WeightFormat::F32 => false,
         };
+        let same_weights_tol = if rounds_activations { tol(f) } else { 1e-4 };
         assert!(
             e <= same_weights_tol,
             "{} decoded copy rel err {e}",
