@@ -682,6 +682,12 @@ pub fn encoded_head_matmul(x: &Tensor, w: &Tensor) -> Result<Tensor> {
         Ok::<_, crate::error::Error>(match rows {
             cpu_quant::Rows::Int8Strips(q) => crate::cpu_int8::matmul_head_q8_new(xv, q, m, k, n),
             cpu_quant::Rows::Bf16Strips(b) => crate::cpu_bf16::matmul_head_bf16_new(xv, b, m, k, n),
+            cpu_quant::Rows::Bf16(b) if crate::cpu_gemv::runs(m) => {
+                crate::cpu_gemv::matmul_head(xv, crate::cpu_gemv::HeadRows::Bf16(b), m, k, n)
+            }
+            cpu_quant::Rows::Int8(q) if crate::cpu_gemv::runs(m) => {
+                crate::cpu_gemv::matmul_head(xv, crate::cpu_gemv::HeadRows::Int8(q), m, k, n)
+            }
             _ => {
                 let mut out = vec![0f32; m * n];
                 let isa = crate::cpu_gemm::isa();
@@ -776,6 +782,27 @@ pub fn prepacked_matmul(
             // int8 on a VNNI CPU: integer dot products on quantised activations.
             crate::cpu_quant::Strips::Int8(q) if crate::cpu_int8::active() => {
                 crate::cpu_int8::matmul_strips_q8_new(xv, q, bv, m, k, n)
+            }
+            // One to three rows (ARM steps): bf16 / int8 widened in registers, no decoded copy.
+            crate::cpu_quant::Strips::Bf16(b) if crate::cpu_gemv::runs(m) => {
+                crate::cpu_gemv::matmul_strips(
+                    xv,
+                    crate::cpu_gemv::StripWeights::Bf16(b),
+                    bv,
+                    m,
+                    k,
+                    n,
+                )
+            }
+            crate::cpu_quant::Strips::Int8(q) if crate::cpu_gemv::runs(m) => {
+                crate::cpu_gemv::matmul_strips(
+                    xv,
+                    crate::cpu_gemv::StripWeights::Int8(q),
+                    bv,
+                    m,
+                    k,
+                    n,
+                )
             }
             _ => {
                 let mut out = vec![0f32; m * n];

@@ -6,6 +6,8 @@
 //! f32: a block of weights is decoded into an L1/L2-resident f32 buffer just before the register
 //! kernels use it, so the products are bitwise those of the f32 kernels on the decoded weights
 //! (tested), and quality is that of the rounded weights alone (activations are not quantised).
+//! For one to three rows (the ARM steps) [`crate::cpu_gemv`] widens the weights in registers
+//! instead of through the buffer, with the same arithmetic (bitwise, tested).
 //! Without `vpdpbusd` that is also the fast way: an int8 dot product then takes as many
 //! instructions per multiply-add as an f32 FMA. On CPUs with AVX-512 VNNI the int8 projections
 //! run on [`crate::cpu_int8`]'s integer dot products instead (activations quantised per block of

@@ -17,6 +17,7 @@ pub mod bench;
 pub mod config;
 pub mod cpu_bf16;
 pub mod cpu_gemm;
+pub mod cpu_gemv;
 pub mod cpu_int8;
 pub mod cpu_kernels;
 pub mod cpu_quant;
