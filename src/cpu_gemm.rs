@@ -1000,7 +1000,7 @@ mod drivers {
 /// strip as two halves of two 8-lane registers, 6 rows: 12 accumulators, two weight registers
 /// and one broadcast fill the 16 registers AVX2 has).
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(crate) mod x86 {
     use super::Kernels;
 
     pub struct Avx512;
@@ -1270,7 +1270,7 @@ mod x86 {
         }
     }
 
-    mod avx2 {
+    pub(crate) mod avx2 {
         use super::super::MR_AVX2 as MR;
         use std::arch::x86_64::*;
 
@@ -1278,7 +1278,7 @@ mod x86 {
         /// first `cols` (<= 16) of 16 columns.
         #[target_feature(enable = "avx2")]
         #[inline]
-        unsafe fn half_masks(cols: usize) -> (__m256i, __m256i) {
+        pub(crate) unsafe fn half_masks(cols: usize) -> (__m256i, __m256i) {
             let c = _mm256_set1_epi32(cols as i32);
             (
                 _mm256_cmpgt_epi32(c, _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)),
@@ -1459,7 +1459,7 @@ mod x86 {
 
         #[target_feature(enable = "avx2")]
         #[inline]
-        unsafe fn hsum(v: __m256) -> f32 {
+        pub(crate) unsafe fn hsum(v: __m256) -> f32 {
             let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
             let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
             let s = _mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s));

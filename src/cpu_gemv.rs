@@ -84,8 +84,25 @@ pub fn matmul_strips(
             );
         }
     }
-    let mut out = vec![0f32; m * n];
-    let optr = SendPtr(out.as_mut_ptr());
+    // SAFETY (of `filled_vec`): every strip's task writes all `m` rows of its columns.
+    unsafe { crate::cpu_gemm::filled_vec(m * n, |o| strips_into(x, w, bias, o, m, k, n)) }
+}
+
+/// [`matmul_strips`]' parallel loop, writing all of `out` (`m x n`).
+///
+/// # Safety
+/// `out` valid for `m x n` writes; the sizes checked by the caller.
+unsafe fn strips_into(
+    x: &[f32],
+    w: StripWeights<'_>,
+    bias: Option<&[f32]>,
+    out: *mut f32,
+    m: usize,
+    k: usize,
+    n: usize,
+) {
+    let strips = n.div_ceil(NR);
+    let optr = SendPtr(out);
     let per_task = strips.div_ceil(rayon::current_num_threads() * 8).max(1);
     (0..strips.div_ceil(per_task))
         .into_par_iter()
@@ -97,7 +114,6 @@ pub fn matmul_strips(
                 unsafe { x86::strip(x, w, bias, o.0, m, k, n, s) };
             }
         });
-    out
 }
 
 /// `x [m, k] @ w^T` into a new `[m, n]` vector, `w` the head's `[N, K]` rows.
@@ -114,20 +130,29 @@ pub fn matmul_head(x: &[f32], w: HeadRows<'_>, m: usize, k: usize, n: usize) -> 
             assert_eq!(q.len(), n * (k / QK) * Q8_ROW_BLOCK, "cpu_gemv: int8 head");
         }
     }
-    let mut out = vec![0f32; m * n];
-    let optr = SendPtr(out.as_mut_ptr());
+    // SAFETY (of `filled_vec`): every head row's column is written, for all `m` rows.
+    unsafe { crate::cpu_gemm::filled_vec(m * n, |o| head_into(x, w, o, m, k, n)) }
+}
+
+/// [`matmul_head`]'s parallel loop, writing all of `out` (`m x n`).
+///
+/// # Safety
+/// As [`strips_into`].
+unsafe fn head_into(x: &[f32], w: HeadRows<'_>, out: *mut f32, m: usize, k: usize, n: usize) {
+    let optr = SendPtr(out);
     (0..n.div_ceil(HEAD_BLOCK)).into_par_iter().for_each(|blk| {
         let o = optr;
         let v0 = blk * HEAD_BLOCK;
         // SAFETY: as above; this task alone writes columns v0..v0+HEAD_BLOCK.
         unsafe { x86::head(x, w, o.0, m, k, n, v0, HEAD_BLOCK.min(n - v0)) };
     });
-    out
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use super::{HeadRows, StripWeights, NR, Q8_ROW_BLOCK, Q8_STRIP_BLOCK, QK};
+    // The AVX2 dot tiles' horizontal sum and masks: the head's sums are bitwise theirs.
+    use crate::cpu_gemm::x86::avx2::{half_masks, hsum};
     use std::arch::x86_64::*;
 
     /// Strip `s`, all `m` rows.
@@ -318,7 +343,8 @@ mod x86 {
     ) {
         let xp = x.as_ptr();
         let full = k - k % 8;
-        let xmask = mask(k - full);
+        // The tail lanes as the AVX2 dot tiles mask them.
+        let (xmask, _) = half_masks(k - full);
         let mut v = v0;
         while v < v0 + rows {
             let nv = V.min(v0 + rows - v);
@@ -347,24 +373,6 @@ mod x86 {
             }
             v += nv;
         }
-    }
-
-    /// The lane mask of the first `cols` (< 8) lanes.
-    #[target_feature(enable = "avx2")]
-    #[inline]
-    unsafe fn mask(cols: usize) -> __m256i {
-        let c = _mm256_set1_epi32(cols as i32);
-        _mm256_cmpgt_epi32(c, _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
-    }
-
-    /// As `cpu_gemm`'s AVX2 `hsum`: halves, then pairs, then the last two.
-    #[target_feature(enable = "avx2")]
-    #[inline]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s));
-        _mm_cvtss_f32(s)
     }
 }
 
