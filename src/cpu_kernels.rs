@@ -380,7 +380,13 @@ fn fused_attention_in_blocks(
     let mut out = vec![0f32; rows * e];
     let out_ptr = OutPtr(out.as_mut_ptr());
     let scale = 1.0 / (d as f32).sqrt();
-    let block = block.max(1);
+    // Short canvases (the EoS-first steps after the cut) in one block: their scores are small,
+    // and a remainder block of a few rows only adds calls.
+    let block = if t <= 2 * block {
+        t.max(1)
+    } else {
+        block.max(1)
+    };
     (0..batch * n_head).into_par_iter().for_each(|task| {
         let (bi, h) = (task / n_head, task % n_head);
         let base = src[bi * t * three_e..].as_ptr();
