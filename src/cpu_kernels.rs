@@ -28,7 +28,8 @@ pub fn exp_f32(x: f32) -> f32 {
 /// [`exp_f32`] with its multiply-adds fused: for loops in functions compiled with FMA enabled
 /// (the `avx2,fma` / `avx512f,fma` builds below), where the separate multiplies and adds were
 /// half of the polynomial's instructions and its dependency chain twice as long (measured: the
-/// attention softmax 1.0 ns per score on a Zen 3 core). Elsewhere `mul_add` would be a libm call.
+/// attention softmax 1.0 -> 0.93 ns per score on a Zen 3 core). Elsewhere (x86-64 without FMA)
+/// `mul_add` would be a libm call.
 #[inline(always)]
 pub fn exp_f32_fma(x: f32) -> f32 {
     exp_poly::<true>(x)
