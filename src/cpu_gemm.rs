@@ -230,14 +230,15 @@ fn packed(
     );
 }
 
-/// A copy of `x`'s rows one cache line further apart, where its row stride is a multiple of 4
-/// KiB (`K` = 1024, 2048, 3072 ...: GPT-2's `mlp.c_proj`), for the short-canvas strip path.
+/// `x`'s rows and their stride for the short-canvas strip path: `x` itself, or a copy with rows
+/// one cache line further apart where its stride is a multiple of 4 KiB (`K` = 1024, 2048,
+/// 3072 ...: GPT-2's `mlp.c_proj`).
 /// There the register block's rows would share the same L1 sets (4K aliasing) while each strip
 /// re-reads them; measured at 64 x 3072 x 768 on a Zen 3 with 2 threads: 104-117 GFLOP/s, and
 /// 110-132 with rows 3088 floats apart. The copy (768 KiB) is ~2 % of that product.
-fn unaliased_rows(x: &[f32], m: usize, k: usize) -> Option<(Vec<f32>, usize)> {
+fn unaliased_rows(x: &[f32], m: usize, k: usize) -> (std::borrow::Cow<'_, [f32]>, usize) {
     if !k.is_multiple_of(1024) || m < 2 {
-        return None;
+        return (std::borrow::Cow::Borrowed(x), k);
     }
     const PAD: [f32; 16] = [0.0; 16];
     let mut p = Vec::with_capacity(m * (k + PAD.len()));
@@ -245,7 +246,7 @@ fn unaliased_rows(x: &[f32], m: usize, k: usize) -> Option<(Vec<f32>, usize)> {
         p.extend_from_slice(row);
         p.extend_from_slice(&PAD);
     }
-    Some((p, k + PAD.len()))
+    (std::borrow::Cow::Owned(p), k + PAD.len())
 }
 
 #[derive(Clone, Copy)]
@@ -492,10 +493,8 @@ pub fn matmul_prepacked_with(
         return;
     }
     let strips = n.div_ceil(NR);
-    let padded = unaliased_rows(x, m, k);
-    let (x, ldx) = padded
-        .as_ref()
-        .map_or((x, k), |(p, ldx)| (p.as_slice(), *ldx));
+    let (x, ldx) = unaliased_rows(x, m, k);
+    let x: &[f32] = &x;
     // Runs of a few strips (each ~30 us at 64 rows), eight per thread: on a shared host a
     // descheduled thread then leaves little work behind it (two per thread measured a few %
     // slower at 64 rows).
@@ -619,10 +618,8 @@ pub fn matmul_strips_with(
         );
         return;
     }
-    let padded = unaliased_rows(x, m, k);
-    let (x, ldx) = padded
-        .as_ref()
-        .map_or((x, k), |(p, ldx)| (p.as_slice(), *ldx));
+    let (x, ldx) = unaliased_rows(x, m, k);
+    let x: &[f32] = &x;
     // One strip per task: decoding it (K x 32) is the task's only memory traffic, and the
     // buffer (96-384 KiB for GPT-2) stays in L2 while every row block runs over it.
     (0..n.div_ceil(NR)).into_par_iter().for_each_init(

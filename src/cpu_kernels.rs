@@ -25,16 +25,11 @@ pub fn exp_f32(x: f32) -> f32 {
     exp_poly::<false>(x)
 }
 
-/// [`exp_f32`] with its multiply-adds fused: for loops in functions compiled with FMA enabled
-/// (the `avx2,fma` / `avx512f,fma` builds below), where the separate multiplies and adds were
-/// half of the polynomial's instructions and its dependency chain twice as long (measured: the
-/// attention softmax 1.0 -> 0.93 ns per score on a Zen 3 core). Elsewhere (x86-64 without FMA)
-/// `mul_add` would be a libm call.
-#[inline(always)]
-pub fn exp_f32_fma(x: f32) -> f32 {
-    exp_poly::<true>(x)
-}
-
+/// `a * b + c`, fused with `FMA`: for the row loops compiled with FMA enabled (the `avx2,fma` /
+/// `avx512f,fma` builds below), where the separate multiplies and adds were half of the `exp`
+/// polynomial's instructions and its dependency chain twice as long (measured: the attention
+/// softmax 1.0 -> 0.93 ns per score on a Zen 3 core). Elsewhere (x86-64 without FMA) `mul_add`
+/// would be a libm call, hence the plain form for [`exp_f32`] and the generic rows.
 #[inline(always)]
 fn mad<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
     if FMA {
@@ -946,7 +941,8 @@ mod tests {
     #[test]
     fn exp_matches_libm() {
         // Both builds: the fused one (what the AVX2 / AVX-512 rows run) and the plain one.
-        for (name, exp) in [("plain", exp_f32 as fn(f32) -> f32), ("fma", exp_f32_fma)] {
+        let fused: fn(f32) -> f32 = exp_poly::<true>;
+        for (name, exp) in [("plain", exp_f32 as fn(f32) -> f32), ("fma", fused)] {
             let mut worst = 0f64;
             for i in -87_000..88_000 {
                 let x = i as f32 * 1e-3 + 0.000_37;
