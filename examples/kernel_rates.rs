@@ -3,7 +3,8 @@
 //! (64 rows) and a full one (1024), best of five. Separates the kernels' rate from the rest of the
 //! forward that `diffugpt bench` times.
 //!
-//! Where the int8 VNNI kernels run (`cpu_int8::active`), their rates follow (GOP/s), and where
+//! Where the int8 integer kernels run (`cpu_int8::kernel`: VNNI or AVX2), their rates follow
+//! (GOP/s), and where
 //! the bf16 `vdpbf16ps` kernels do (`cpu_bf16::active`), theirs.
 //!
 //! `cargo run --release --example kernel_rates` (`RAYON_NUM_THREADS=1` for one core;
@@ -63,7 +64,7 @@ fn main() {
             }
         }
     }
-    // int8 weights on the VNNI kernels (GOP/s: two operations per byte multiply-add), where
+    // int8 weights on the integer kernels (GOP/s: two operations per byte multiply-add), where
     // they run.
     if want("int8") && diffugpt::cpu_int8::active() {
         int8_rates(&shapes);
@@ -118,7 +119,8 @@ fn bf16_rates(shapes: &[(usize, usize, &str)]) {
     }
 }
 
-/// int8 weights on the VNNI kernels (GOP/s: two operations per byte multiply-add).
+/// int8 weights on the integer kernels of this process (GOP/s: two operations per byte
+/// multiply-add).
 fn int8_rates(shapes: &[(usize, usize, &str)]) {
     for m in [64usize, 1024] {
         for &(k, n, what) in shapes {
@@ -145,7 +147,8 @@ fn int8_rates(shapes: &[(usize, usize, &str)]) {
             });
             let gops = 2.0 * (m * k * n) as f64 / best / 1e9;
             println!(
-                "| int8 vnni | {m} | {what} | {k} x {n} | {:.2} | {gops:.1} (GOP/s) |",
+                "| int8 {} | {m} | {what} | {k} x {n} | {:.2} | {gops:.1} (GOP/s) |",
+                diffugpt::cpu_int8::path_name(),
                 best * 1e3
             );
         }

@@ -105,20 +105,26 @@ pub fn fma_peak_gflops() -> Option<f64> {
     }
 }
 
-/// Measured int8 dot-product throughput (`vpdpbusd`, 64 byte multiply-adds per instruction, two
-/// operations each) on all of rayon's threads, in GOP/s: the ceiling of the int8 forward where it
-/// runs on [`crate::cpu_int8`]'s VNNI kernels (`None` where it does not). Chains and repeats as
+/// Measured int8 dot-product throughput of the integer kernels the int8 forward runs on
+/// ([`crate::cpu_int8::kernel`]; `None` where it decodes to f32), on all of rayon's threads, in
+/// GOP/s (a multiply-add is two operations): `vpdpbusd` chains (64 byte multiply-adds per
+/// instruction) for `vnni`, `vpsignb` + `vpmaddubsw` + `vpmaddwd` + `vpaddd` chains (32 per
+/// four instructions, the AVX2 kernels' inner loop) for `avx2`. Chains and repeats as
 /// [`fma_peak_gflops`].
 pub fn int8_peak_gops() -> Option<f64> {
-    if !crate::cpu_int8::active() {
-        return None;
-    }
     #[cfg(target_arch = "x86_64")]
     {
-        Some(best_chain_rate(64 * 2, |seed| {
-            // SAFETY: `cpu_int8::active()` implies AVX-512F and AVX512_VNNI.
-            unsafe { fma_chains::vnni(fma_chains::ITERS, seed as i32) as f32 }
-        }))
+        use crate::cpu_int8::Int8Kernel;
+        match crate::cpu_int8::kernel()? {
+            Int8Kernel::Vnni => Some(best_chain_rate(64 * 2, |seed| {
+                // SAFETY: the VNNI kernels run only with AVX-512F and AVX512_VNNI.
+                unsafe { fma_chains::vnni(fma_chains::ITERS, seed as i32) as f32 }
+            })),
+            Int8Kernel::Avx2 => Some(best_chain_rate(32 * 2, |seed| {
+                // SAFETY: the AVX2 kernels run only with AVX2.
+                unsafe { fma_chains::maddubs(fma_chains::ITERS, seed as i32) as f32 }
+            })),
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -244,6 +250,43 @@ mod fma_chains {
             .iter()
             .fold(_mm512_setzero_si512(), |s, c| _mm512_add_epi32(s, *c));
         _mm512_reduce_add_epi32(s)
+    }
+
+    /// `CHAINS` x `iters` groups of `vpsignb`, `vpmaddubsw`, `vpmaddwd` (against ones) and
+    /// `vpaddd`: 32 byte products summed into 8 int32 lanes, as the AVX2 int8 kernels do. Only
+    /// the additions chain (a chain through the products would measure their latency, ~0.6x
+    /// the rate on Zen 3): eight accumulators over eight distinct (weight, activation) pairs,
+    /// the activations passed through an empty `asm!` each round so that the products cannot be
+    /// hoisted out of the loop or merged, and 1.5x the rounds to make `CHAINS` x `iters`.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn maddubs(iters: usize, seed: i32) -> i32 {
+        let mut acc: [__m256i; 8] = std::array::from_fn(|i| _mm256_set1_epi32(seed + i as i32));
+        let a = _mm256_set1_epi32(0x0102_0304);
+        let b = [
+            _mm256_set1_epi32(-0x0101_0102),
+            _mm256_set1_epi32(0x0305_0709),
+        ];
+        let mut x: [__m256i; 4] = std::array::from_fn(|i| _mm256_set1_epi32(seed * 3 + i as i32));
+        let ones = _mm256_set1_epi16(1);
+        debug_assert_eq!(CHAINS * 2 % 16, 0);
+        for _ in 0..iters * CHAINS / 8 {
+            for (i, c) in acc.iter_mut().enumerate() {
+                let p = _mm256_maddubs_epi16(a, _mm256_sign_epi8(b[i / 4], x[i % 4]));
+                *c = _mm256_add_epi32(*c, _mm256_madd_epi16(p, ones));
+            }
+            std::arch::asm!(
+                "/* {0} {1} {2} {3} */",
+                inout(ymm_reg) x[0],
+                inout(ymm_reg) x[1],
+                inout(ymm_reg) x[2],
+                inout(ymm_reg) x[3],
+                options(nomem, nostack, preserves_flags)
+            );
+        }
+        let s = acc
+            .iter()
+            .fold(_mm256_setzero_si256(), |s, c| _mm256_add_epi32(s, *c));
+        _mm256_extract_epi32(s, 0)
     }
 
     /// `CHAINS` x `iters` `vdpbf16ps`s (f32 sums of two bf16 products per lane).

@@ -1,6 +1,13 @@
-//! int8 x int8 products for the int8 projections and head on CPUs with AVX-512 VNNI
-//! (`vpdpbusd`: 64 byte products summed into 16 int32 lanes per instruction, measured at 4x the
-//! f32 FMA rate on an Intel Xeon with AVX512_VNNI — benches/README.md).
+//! int8 x int8 products for the int8 projections and head, on integer dot products:
+//! * `vnni` — CPUs with AVX-512 VNNI (`vpdpbusd`: 64 byte products summed into 16 int32 lanes per
+//!   instruction, measured at 4x the f32 FMA rate on an Intel Xeon with AVX512_VNNI —
+//!   benches/README.md);
+//! * `avx2` — every AVX2 CPU (`vpmaddubsw` + `vpmaddwd`: 32 byte products into 8 int32 lanes per
+//!   pair, measured at 2x the f32 FMA rate in products on AMD Zen 3). `vpmaddubsw` multiplies an
+//!   unsigned byte by a signed one and saturates the sum of two products to int16: with the
+//!   weights' unsigned (biased) form, 255 x 127 x 2 would saturate, so the unsigned operand is
+//!   |x| and the signed one the weight with x's sign (`vpsignb`, llama.cpp's trick):
+//!   127 x 127 x 2 fits, and the block sums are the exact integers the VNNI kernels compute.
 //!
 //! The decode path of [`crate::cpu_quant`] keeps the arithmetic f32 (the weights are decoded,
 //! the activations are not rounded); here the activations are quantised too, per row and per
@@ -8,25 +15,32 @@
 //! dot product, scaled by the activation block's scale times the weight column's block scale
 //! and summed in f32. The weight strips are stored in the order `vpdpbusd` reads them (see
 //! [`crate::cpu_quant`]: four depth rows per column contiguous, biased by 128 to be unsigned);
-//! the bias is removed exactly by starting each block's integer sum at `-128 * sum(x_q)`.
+//! the VNNI kernels remove the bias exactly by starting each block's integer sum at
+//! `-128 * sum(x_q)`, the AVX2 kernels by flipping the bias bit of each weight register. Both
+//! kernels give the same integers and the same f32 additions: bitwise
+//! [`matmul_strips_q8_reference`] up to FMA rounding (tested).
 //!
-//! [`active`] is the switch: VNNI on an AVX-512 CPU, unless [`INT8_ENV`] says `decode` or the
-//! kernels are forced below AVX-512 (`DIFFUGPT_CPU_KERNELS=avx2|generic`).
+//! [`kernel`] is the switch: VNNI where the CPU has it, else AVX2, unless [`INT8_ENV`] asks for
+//! one (or for `decode`) or the kernels are forced down (`DIFFUGPT_CPU_KERNELS=avx2` leaves AVX2,
+//! `generic` neither).
 
 use rayon::prelude::*;
 
 use crate::cpu_gemm::SendPtr;
 use crate::cpu_quant::{Q8_ROW_BLOCK, Q8_STRIP_BLOCK, QK};
 
-/// The environment variable that picks the int8 products: `auto` (default: VNNI where the CPU
-/// has it), `vnni` (the same; refused with a note where it has not), `decode` (decode the
-/// weights to f32 and run the f32 kernels, as on CPUs without VNNI). Read once per process.
+/// The environment variable that picks the int8 products: `auto` (default: the fastest integer
+/// kernels the CPU has, see [`kernel`]), `vnni` or `avx2` (those kernels; where the CPU or the
+/// forced kernels lack them, a note and `auto`'s choice), `decode` (decode the weights to f32 and
+/// run the f32 kernels, activations not rounded). Read once per process.
 pub const INT8_ENV: &str = "DIFFUGPT_CPU_INT8";
 
 /// Columns per strip.
 const NR: usize = crate::cpu_gemm::STRIP;
-/// Activation rows per register block: 6 rows x (2 int32 + 2 f32 accumulators) + 2 weight
-/// registers, 2 scale registers and a broadcast fill the 32 registers.
+/// Activation rows per register block: 4 rows x (2 int32 + 2 f32 accumulators) + 2 weight
+/// registers, 2 scale registers and a broadcast fit AVX-512's 32 registers; in the AVX2 kernel,
+/// 4 rows x 2 int32 accumulators, 2 weight registers, two broadcasts, the ones and a product
+/// fill its 16 (the f32 sums wait in `out`).
 const MR: usize = 4;
 /// Depth blocks (of [`QK`]) per run of the driver, up to `KB_MAX_ROWS` rows.
 const KB: usize = 8;
@@ -40,47 +54,91 @@ enum Start {
     Out,
 }
 
-/// Whether this CPU can run the VNNI kernels (AVX-512F + AVX512_VNNI, and the kernels not
-/// forced below AVX-512).
-pub fn supported() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        crate::cpu_gemm::isa() == crate::cpu_gemm::Isa::Avx512
-            && std::is_x86_feature_detected!("avx512vnni")
+/// The integer kernels the int8 products can run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Int8Kernel {
+    /// AVX-512 VNNI `vpdpbusd`.
+    Vnni,
+    /// AVX2 `vpmaddubsw` / `vpmaddwd` (with `vpsignb`).
+    Avx2,
+}
+
+impl Int8Kernel {
+    /// The name [`INT8_ENV`] takes and reports print.
+    pub fn name(self) -> &'static str {
+        match self {
+            Int8Kernel::Vnni => "vnni",
+            Int8Kernel::Avx2 => "avx2",
+        }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
+
+    /// Whether this CPU can run these kernels with the CPU kernels' instruction set in this
+    /// process ([`crate::cpu_gemm::isa`]: forcing `avx2` leaves the AVX2 kernels only).
+    pub fn supported(self) -> bool {
+        use crate::cpu_gemm::{isa, Isa};
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Int8Kernel::Vnni => isa() == Isa::Avx512 && std::is_x86_feature_detected!("avx512vnni"),
+            // `isa()` never exceeds what the CPU has: Avx2 or above means AVX2 and FMA.
+            Int8Kernel::Avx2 => cfg!(target_arch = "x86_64") && isa() >= Isa::Avx2,
+            #[cfg(not(target_arch = "x86_64"))]
+            Int8Kernel::Vnni => false,
+        }
+    }
+
+    /// Every kernel this CPU can run in this process (for the tests), fastest first.
+    pub fn all_supported() -> Vec<Int8Kernel> {
+        [Int8Kernel::Vnni, Int8Kernel::Avx2]
+            .into_iter()
+            .filter(|k| k.supported())
+            .collect()
     }
 }
 
-/// Whether int8 projection weights run on the VNNI kernels in this process ([`supported`] and
-/// not turned off by [`INT8_ENV`]).
-pub fn active() -> bool {
-    static ACTIVE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ACTIVE.get_or_init(|| match std::env::var(INT8_ENV).as_deref() {
-        Err(_) | Ok("") | Ok("auto") => supported(),
-        Ok("vnni") => {
-            if !supported() {
-                eprintln!("note: {INT8_ENV}=vnni but this CPU (or the forced kernels) has no AVX-512 VNNI: decoding to f32");
+/// The integer kernels the int8 projections and head run on in this process, `None` where they
+/// are decoded to f32 instead: by default the fastest the CPU has (VNNI, else AVX2: on Zen 3
+/// the AVX2 kernels do twice the f32 FMA's products per cycle, benches/README.md); see
+/// [`INT8_ENV`].
+pub fn kernel() -> Option<Int8Kernel> {
+    static KERNEL: std::sync::OnceLock<Option<Int8Kernel>> = std::sync::OnceLock::new();
+    *KERNEL.get_or_init(|| {
+        let auto = || Int8Kernel::all_supported().first().copied();
+        let forced = |k: Int8Kernel| {
+            if k.supported() {
+                Some(k)
+            } else {
+                let a = auto();
+                eprintln!(
+                    "note: {INT8_ENV}={} but this CPU (or the forced kernels) cannot run it: using {}",
+                    k.name(),
+                    a.map_or("decode", Int8Kernel::name)
+                );
+                a
             }
-            supported()
-        }
-        Ok("decode") => false,
-        Ok(other) => {
-            eprintln!("note: {INT8_ENV}={other:?} is not one of auto, vnni, decode: using auto");
-            supported()
+        };
+        match std::env::var(INT8_ENV).as_deref() {
+            Err(_) | Ok("") | Ok("auto") => auto(),
+            Ok("vnni") => forced(Int8Kernel::Vnni),
+            Ok("avx2") => forced(Int8Kernel::Avx2),
+            Ok("decode") => None,
+            Ok(other) => {
+                eprintln!(
+                    "note: {INT8_ENV}={other:?} is not one of auto, vnni, avx2, decode: using auto"
+                );
+                auto()
+            }
         }
     })
 }
 
+/// Whether int8 projection weights run on integer kernels in this process ([`kernel`]).
+pub fn active() -> bool {
+    kernel().is_some()
+}
+
 /// The name reports print for the int8 products in use.
 pub fn path_name() -> &'static str {
-    if active() {
-        "vnni"
-    } else {
-        "decode"
-    }
+    kernel().map_or("decode", Int8Kernel::name)
 }
 
 /// Activations quantised per row and per block of [`QK`] along `K`: `q` (`m x kq` bytes, `kq` =
@@ -99,11 +157,71 @@ pub struct QuantRows {
 pub fn quantize_rows(x: &[f32], m: usize, k: usize) -> QuantRows {
     assert_eq!(x.len(), m * k, "quantize_rows: size");
     #[cfg(target_arch = "x86_64")]
-    if crate::cpu_gemm::isa() == crate::cpu_gemm::Isa::Avx512 {
+    match crate::cpu_gemm::isa() {
         // SAFETY: the CPU has AVX-512F (isa() never exceeds what it detects).
-        return unsafe { quantize_rows_avx512(x, m, k) };
+        crate::cpu_gemm::Isa::Avx512 => return unsafe { quantize_rows_avx512(x, m, k) },
+        // SAFETY: the CPU has AVX2 and FMA (likewise).
+        crate::cpu_gemm::Isa::Avx2 => return unsafe { quantize_rows_avx2(x, m, k) },
+        crate::cpu_gemm::Isa::Generic => {}
     }
     quantize_rows_body(x, m, k)
+}
+
+/// [`quantize_rows_body`] in AVX2 registers, a block (four registers) at a time: as
+/// [`quantize_rows_avx512`], bitwise the scalar body (tested).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_rows_avx2(x: &[f32], m: usize, k: usize) -> QuantRows {
+    use std::arch::x86_64::*;
+    if !k.is_multiple_of(QK) {
+        return quantize_rows_body(x, m, k);
+    }
+    let blocks = k / QK;
+    let mut q = vec![0i8; m * k];
+    let mut d = vec![0f32; m * blocks];
+    let mut sum = vec![0i32; m * blocks];
+    let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fff_ffff));
+    let (lo, hi) = (_mm256_set1_ps(-127.0), _mm256_set1_ps(127.0));
+    // packs_epi32 then packs_epi16 interleave the four registers' 128-bit halves; this puts
+    // the 32 bytes back in order.
+    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (i, (xb, qb)) in x.chunks_exact(QK).zip(q.chunks_exact_mut(QK)).enumerate() {
+        let v: [__m256; 4] = std::array::from_fn(|j| _mm256_loadu_ps(xb.as_ptr().add(8 * j)));
+        let a = _mm256_max_ps(
+            _mm256_max_ps(_mm256_and_ps(v[0], abs_mask), _mm256_and_ps(v[1], abs_mask)),
+            _mm256_max_ps(_mm256_and_ps(v[2], abs_mask), _mm256_and_ps(v[3], abs_mask)),
+        );
+        let h = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+        let h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        let amax = _mm_cvtss_f32(_mm_max_ss(h, _mm_shuffle_ps(h, h, 1)));
+        let scale = amax / 127.0;
+        let inv = _mm256_set1_ps(if scale > 0.0 { 1.0 / scale } else { 0.0 });
+        let r: [__m256i; 4] = std::array::from_fn(|j| {
+            _mm256_cvtps_epi32(_mm256_min_ps(
+                _mm256_max_ps(_mm256_mul_ps(v[j], inv), lo),
+                hi,
+            ))
+        });
+        let bytes = _mm256_packs_epi16(
+            _mm256_packs_epi32(r[0], r[1]),
+            _mm256_packs_epi32(r[2], r[3]),
+        );
+        let bytes = _mm256_permutevar8x32_epi32(bytes, order);
+        _mm256_storeu_si256(qb.as_mut_ptr() as *mut __m256i, bytes);
+        let s = _mm256_add_epi32(_mm256_add_epi32(r[0], r[1]), _mm256_add_epi32(r[2], r[3]));
+        let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+        d[i] = scale;
+        sum[i] = _mm_cvtsi128_si32(s);
+    }
+    QuantRows {
+        q,
+        d,
+        sum,
+        kq: k,
+        blocks,
+    }
 }
 
 /// [`quantize_rows_body`] in AVX-512 registers, a block (two registers) at a time: the same
@@ -185,7 +303,7 @@ fn quantize_rows_body(x: &[f32], m: usize, k: usize) -> QuantRows {
 /// [`crate::cpu_quant::strips_to_int8`]'s bytes), activations quantised per row and block.
 ///
 /// # Panics
-/// If the sizes do not match or [`supported`] is false.
+/// If the sizes do not match or no integer kernels run in this process ([`kernel`]).
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_strips_q8(
     x: &[f32],
@@ -200,8 +318,9 @@ pub fn matmul_strips_q8(
     let want = strips * k.div_ceil(QK) * Q8_STRIP_BLOCK;
     assert_eq!(w.len(), want, "matmul_strips_q8: weight size");
     assert_eq!(out.len(), m * n, "int8 products: output size");
+    let kern = process_kernel();
     // SAFETY: `out` holds m x n values.
-    unsafe { strips_q8(x, w, bias, out.as_mut_ptr(), m, k, n, false) }
+    unsafe { strips_q8(kern, x, w, bias, out.as_mut_ptr(), m, k, n, false) }
 }
 
 /// [`matmul_strips_q8`] into a new vector, which the kernels fill without it being zeroed first
@@ -216,9 +335,12 @@ pub fn matmul_strips_q8_new(
 ) -> Vec<f32> {
     let want = n.div_ceil(NR) * k.div_ceil(QK) * Q8_STRIP_BLOCK;
     assert_eq!(w.len(), want, "matmul_strips_q8: weight size");
+    let kern = process_kernel();
     // SAFETY: the kernels write every one of the m x n values (every row block stores all of
     // its strip's columns on its first run of depth blocks).
-    unsafe { crate::cpu_gemm::filled_vec(m * n, |o| strips_q8(x, w, bias, o, m, k, n, false)) }
+    unsafe {
+        crate::cpu_gemm::filled_vec(m * n, |o| strips_q8(kern, x, w, bias, o, m, k, n, false))
+    }
 }
 
 /// `out[M, N] = x[M, K] @ head[N, K]^T` for an int8 head in
@@ -234,8 +356,9 @@ pub fn matmul_head_q8(x: &[f32], w: &[u8], out: &mut [f32], m: usize, k: usize, 
         "matmul_head_q8: weight size"
     );
     assert_eq!(out.len(), m * n, "int8 products: output size");
+    let kern = process_kernel();
     // SAFETY: `out` holds m x n values.
-    unsafe { strips_q8(x, w, None, out.as_mut_ptr(), m, k, n, true) }
+    unsafe { strips_q8(kern, x, w, None, out.as_mut_ptr(), m, k, n, true) }
 }
 
 /// [`matmul_head_q8`] into a new vector (as [`matmul_strips_q8_new`]).
@@ -245,11 +368,17 @@ pub fn matmul_head_q8_new(x: &[f32], w: &[u8], m: usize, k: usize, n: usize) -> 
         n * k.div_ceil(QK) * Q8_ROW_BLOCK,
         "matmul_head_q8: weight size"
     );
+    let kern = process_kernel();
     // SAFETY: as in `matmul_strips_q8_new`.
-    unsafe { crate::cpu_gemm::filled_vec(m * n, |o| strips_q8(x, w, None, o, m, k, n, true)) }
+    unsafe { crate::cpu_gemm::filled_vec(m * n, |o| strips_q8(kern, x, w, None, o, m, k, n, true)) }
 }
 
-/// The driver of both: strips of 32 columns in parallel; `compact_last`: the last strip holds
+/// The kernels of this process, for the public products.
+fn process_kernel() -> Int8Kernel {
+    kernel().expect("int8 products: no integer kernels run in this process (cpu_int8::kernel)")
+}
+
+/// The driver of both, on `kern`: strips of 32 columns in parallel; `compact_last`: the last strip holds
 /// only its `n % 32` columns (36 bytes per column and block) instead of a padded 32. Writes
 /// every one of the `m x n` values of `out`.
 ///
@@ -257,6 +386,7 @@ pub fn matmul_head_q8_new(x: &[f32], w: &[u8], m: usize, k: usize, n: usize) -> 
 /// `out` must be valid for writes of `m x n` f32.
 #[allow(clippy::too_many_arguments)]
 unsafe fn strips_q8(
+    kern: Int8Kernel,
     x: &[f32],
     w: &[u8],
     bias: Option<&[f32]>,
@@ -267,8 +397,9 @@ unsafe fn strips_q8(
     compact_last: bool,
 ) {
     assert!(
-        supported(),
-        "int8 products: the CPU cannot run the VNNI kernels"
+        kern.supported(),
+        "int8 products: the CPU cannot run the {} kernels",
+        kern.name()
     );
     assert_eq!(x.len(), m * k, "int8 products: input size");
     assert!(
@@ -278,6 +409,11 @@ unsafe fn strips_q8(
     let blocks = k.div_ceil(QK);
     let strips = n.div_ceil(NR);
     let xq = quantize_rows(x, m, k);
+    // The AVX2 kernels multiply |x| (unsigned) by the weight carrying x's sign.
+    let xabs: Vec<u8> = match kern {
+        Int8Kernel::Avx2 => xq.q.iter().map(|v| v.unsigned_abs()).collect(),
+        Int8Kernel::Vnni => Vec::new(),
+    };
     let optr = SendPtr(out);
     // A strip's int8 blocks (27-108 KiB for GPT-2) stay in L1/L2 while every row block runs
     // over all of `K` against them; the quantised rows stream from L2.
@@ -301,29 +437,54 @@ unsafe fn strips_q8(
             let mut r = 0;
             while r < m {
                 let rows = MR.min(m - r);
-                // SAFETY: `supported()` checked above; the slices hold the asserted sizes; this
-                // task alone writes columns n0..n0+cols of rows r..r+rows.
+                let start = if b0 == 0 {
+                    Start::Bias(bias.map(|b| b.as_ptr().add(n0)))
+                } else {
+                    Start::Out
+                };
+                // Where this register block's run starts in each operand (in bounds: r < m,
+                // b0 <= blocks, n0 < n).
+                let wrun = wstrip.as_ptr().add(b0 * lc * Q8_ROW_BLOCK);
+                let xrun = r * xq.kq + b0 * QK;
+                let xd = xq.d.as_ptr().add(r * blocks + b0);
+                let xsum = xq.sum.as_ptr().add(r * blocks + b0);
+                let orun = o.0.add(r * n + n0);
+                // SAFETY: `kern.supported()` checked above; the slices hold the asserted sizes;
+                // this task alone writes columns n0..n0+cols of rows r..r+rows.
                 #[cfg(target_arch = "x86_64")]
                 unsafe {
-                    vnni::rows(
-                        rows,
-                        xq.q.as_ptr().add(r * xq.kq + b0 * QK),
-                        xq.kq,
-                        xq.d.as_ptr().add(r * blocks + b0),
-                        xq.sum.as_ptr().add(r * blocks + b0),
-                        blocks,
-                        nb,
-                        wstrip.as_ptr().add(b0 * lc * Q8_ROW_BLOCK),
-                        if b0 == 0 {
-                            Start::Bias(bias.map(|b| b.as_ptr().add(n0)))
-                        } else {
-                            Start::Out
-                        },
-                        o.0.add(r * n + n0),
-                        n,
-                        cols,
-                        lc,
-                    );
+                    match kern {
+                        Int8Kernel::Vnni => vnni::rows(
+                            rows,
+                            xq.q.as_ptr().add(xrun),
+                            xq.kq,
+                            xd,
+                            xsum,
+                            blocks,
+                            nb,
+                            wrun,
+                            start,
+                            orun,
+                            n,
+                            cols,
+                            lc,
+                        ),
+                        Int8Kernel::Avx2 => maddubs::rows(
+                            rows,
+                            xq.q.as_ptr().add(xrun),
+                            xabs.as_ptr().add(xrun),
+                            xq.kq,
+                            xd,
+                            blocks,
+                            nb,
+                            wrun,
+                            start,
+                            orun,
+                            n,
+                            cols,
+                            lc,
+                        ),
+                    }
                 }
                 r += rows;
             }
@@ -488,6 +649,175 @@ mod vnni {
     }
 }
 
+/// The AVX2 kernels: `vpsignb` + `vpmaddubsw` + `vpmaddwd` + `vpaddd` per 32 byte products.
+/// Sixteen columns (two registers of 8 int32 lanes) at a time, so that 4 rows' int32 sums fit
+/// the 16 registers; the f32 sums go through `out` after each block of 32 (4 rows x 16 columns,
+/// in L1), which costs a load and a store per 256 products.
+#[cfg(target_arch = "x86_64")]
+mod maddubs {
+    use super::{Start, MR, NR, Q8_ROW_BLOCK};
+    use std::arch::x86_64::*;
+
+    /// `rows` (1..=`MR`) rows against one strip: the one place a run-time row count becomes
+    /// the register block's compile-time one, and a strip's last columns (a ragged or compact
+    /// last strip) masked loads and stores.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn rows(
+        rows: usize,
+        xq: *const i8,
+        xabs: *const u8,
+        kq: usize,
+        xd: *const f32,
+        bstride: usize,
+        nb: usize,
+        w: *const u8,
+        start: Start,
+        out: *mut f32,
+        ldo: usize,
+        cols: usize,
+        lc: usize,
+    ) {
+        debug_assert!((1..=MR).contains(&rows) && cols <= lc && lc <= NR);
+        let mut c0 = 0;
+        while c0 < cols {
+            macro_rules! go {
+                ($R:literal, $M:literal) => {
+                    half::<$R, $M>(
+                        xq, xabs, kq, xd, bstride, nb, w, start, out, ldo, c0, cols, lc,
+                    )
+                };
+            }
+            if c0 + 16 <= cols {
+                match rows {
+                    4 => go!(4, false),
+                    3 => go!(3, false),
+                    2 => go!(2, false),
+                    _ => go!(1, false),
+                }
+            } else {
+                match rows {
+                    4 => go!(4, true),
+                    3 => go!(3, true),
+                    2 => go!(2, true),
+                    _ => go!(1, true),
+                }
+            }
+            c0 += 16;
+        }
+    }
+
+    /// Lanes `0..valid` all ones (the rest zero), for `vpmaskmov`.
+    #[inline(always)]
+    unsafe fn lane_mask(valid: usize) -> __m256i {
+        let v = valid.min(8) as i32;
+        _mm256_cmpgt_epi32(
+            _mm256_set1_epi32(v),
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        )
+    }
+
+    /// `R` rows x columns `c0..c0 + 16` of the strip over `nb` blocks: per block, 8 groups of
+    /// four depth rows; each group is two weight registers (16 columns x 4 bytes, the bias bit
+    /// flipped back to signed) and, per row, broadcasts of the row's four activation bytes and
+    /// of their absolute values. `MASKED`: columns at or past `cols` exist only in part (the
+    /// strip's last 16), so their loads and stores are masked to what exists.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn half<const R: usize, const MASKED: bool>(
+        xq: *const i8,
+        xabs: *const u8,
+        kq: usize,
+        xd: *const f32,
+        bstride: usize,
+        nb: usize,
+        w: *const u8,
+        start: Start,
+        out: *mut f32,
+        ldo: usize,
+        c0: usize,
+        cols: usize,
+        lc: usize,
+    ) {
+        let m0 = lane_mask(cols - c0);
+        let m1 = lane_mask(cols.saturating_sub(c0 + 8));
+        let load_ps = |p: *const f32, m: __m256i| {
+            if MASKED {
+                _mm256_maskload_ps(p, m)
+            } else {
+                _mm256_loadu_ps(p)
+            }
+        };
+        let store_ps = |p: *mut f32, m: __m256i, v: __m256| {
+            if MASKED {
+                _mm256_maskstore_ps(p, m, v)
+            } else {
+                _mm256_storeu_ps(p, v)
+            }
+        };
+        let load_w = |p: *const u8, m: __m256i| {
+            if MASKED {
+                _mm256_maskload_epi32(p as *const i32, m)
+            } else {
+                _mm256_loadu_si256(p as *const __m256i)
+            }
+        };
+        // Where block 0's f32 sums start (later blocks: what the previous one stored).
+        let first = |i: usize, m: __m256i, off: usize| match start {
+            Start::Bias(Some(b)) => load_ps(b.add(c0 + off), m),
+            Start::Bias(None) => _mm256_setzero_ps(),
+            Start::Out => load_ps(out.add(i * ldo + c0 + off), m),
+        };
+        if nb == 0 {
+            for i in 0..R {
+                let o = out.add(i * ldo + c0);
+                store_ps(o, m0, first(i, m0, 0));
+                store_ps(o.add(8), m1, first(i, m1, 8));
+            }
+            return;
+        }
+        let ones = _mm256_set1_epi16(1);
+        let flip = _mm256_set1_epi8(0x80u8 as i8);
+        for b in 0..nb {
+            let blk = w.add(b * lc * Q8_ROW_BLOCK);
+            let vals = blk.add(lc * 4 + c0 * 4);
+            let mut a0 = [_mm256_setzero_si256(); R];
+            let mut a1 = [_mm256_setzero_si256(); R];
+            for g in 0..8 {
+                let gp = vals.add(g * lc * 4);
+                let w0 = _mm256_xor_si256(load_w(gp, m0), flip);
+                let w1 = _mm256_xor_si256(load_w(gp.add(32), m1), flip);
+                for i in 0..R {
+                    let off = i * kq + b * 32 + g * 4;
+                    let xs = _mm256_set1_epi32((xq.add(off) as *const i32).read_unaligned());
+                    let xa = _mm256_set1_epi32((xabs.add(off) as *const i32).read_unaligned());
+                    let p0 = _mm256_maddubs_epi16(xa, _mm256_sign_epi8(w0, xs));
+                    let p1 = _mm256_maddubs_epi16(xa, _mm256_sign_epi8(w1, xs));
+                    a0[i] = _mm256_add_epi32(a0[i], _mm256_madd_epi16(p0, ones));
+                    a1[i] = _mm256_add_epi32(a1[i], _mm256_madd_epi16(p1, ones));
+                }
+            }
+            let sc = blk as *const f32;
+            let s0 = load_ps(sc.add(c0), m0);
+            let s1 = load_ps(sc.add(c0 + 8), m1);
+            for i in 0..R {
+                let d = _mm256_set1_ps(*xd.add(i * bstride + b));
+                let o = out.add(i * ldo + c0);
+                let (f0, f1) = if b == 0 {
+                    (first(i, m0, 0), first(i, m1, 8))
+                } else {
+                    (load_ps(o, m0), load_ps(o.add(8), m1))
+                };
+                let f0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a0[i]), _mm256_mul_ps(s0, d), f0);
+                let f1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a1[i]), _mm256_mul_ps(s1, d), f1);
+                store_ps(o, m0, f0);
+                store_ps(o.add(8), m1, f1);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -497,38 +827,47 @@ mod tests {
         (0..len).map(|_| rng.next_f32() * 2.0 - 1.0).collect()
     }
 
-    /// The head on the strip kernels (compact last strip: 45 = 32 + 13 and 50 = 32 + 18 rows)
-    /// against the plain product on the decoded rows with the activations rounded the same
-    /// way: the exact integer sums make the two equal up to f32 summation order.
-    #[test]
-    fn vnni_head_equals_decoded_rows() {
-        if !supported() {
-            eprintln!("SKIPPED: this CPU (or the forced kernels) has no AVX-512 VNNI");
-            return;
+    /// Every integer kernel this process can run, or a note that there is none.
+    fn kernels() -> Vec<Int8Kernel> {
+        let all = Int8Kernel::all_supported();
+        if all.is_empty() {
+            eprintln!("SKIPPED: this CPU (or the forced kernels) has no integer kernels");
         }
-        for &(m, k, n) in &[(1, 64, 45), (9, 96, 50), (70, 128, 300)] {
-            let x = rand_vec(m * k, 30 + n as u64);
-            let w = rand_vec(n * k, 40 + n as u64);
-            let q = crate::cpu_quant::rows_to_int8_strips(&w, k, n);
-            let mut wd = vec![0f32; n * k];
-            crate::cpu_quant::Rows::Int8Strips(&q).decode(k, 0, n, &mut wd);
-            let xq = quantize_rows(&x, m, k);
-            let mut got = vec![f32::NAN; m * n];
-            matmul_head_q8(&x, &q, &mut got, m, k, n);
-            for r in 0..m {
-                for c in 0..n {
-                    let want: f64 = (0..k)
-                        .map(|i| {
-                            let xv =
-                                xq.q[r * xq.kq + i] as f64 * xq.d[r * xq.blocks + i / QK] as f64;
-                            xv * wd[c * k + i] as f64
-                        })
-                        .sum();
-                    let g = got[r * n + c] as f64;
-                    assert!(
-                        (g - want).abs() <= 1e-5 * (1.0 + want.abs()),
-                        "{m}x{k}x{n} r{r} c{c}: {g} vs {want}"
-                    );
+        all
+    }
+
+    /// The head on the strip kernels (compact last strip: 45 = 32 + 13 and 50 = 32 + 18 rows,
+    /// 300 = 9 x 32 + 12) against the plain product on the decoded rows with the activations
+    /// rounded the same way: the exact integer sums make the two equal up to f32 summation
+    /// order. Every kernel the CPU can run.
+    #[test]
+    fn head_kernels_equal_decoded_rows() {
+        for kern in kernels() {
+            for &(m, k, n) in &[(1, 64, 45), (9, 96, 50), (70, 128, 300), (5, 64, 8)] {
+                let x = rand_vec(m * k, 30 + n as u64);
+                let w = rand_vec(n * k, 40 + n as u64);
+                let q = crate::cpu_quant::rows_to_int8_strips(&w, k, n);
+                let mut wd = vec![0f32; n * k];
+                crate::cpu_quant::Rows::Int8Strips(&q).decode(k, 0, n, &mut wd);
+                let xq = quantize_rows(&x, m, k);
+                let mut got = vec![f32::NAN; m * n];
+                // SAFETY: `got` holds m x n values; `kern` is supported.
+                unsafe { strips_q8(kern, &x, &q, None, got.as_mut_ptr(), m, k, n, true) };
+                for r in 0..m {
+                    for c in 0..n {
+                        let want: f64 = (0..k)
+                            .map(|i| {
+                                let xv = xq.q[r * xq.kq + i] as f64
+                                    * xq.d[r * xq.blocks + i / QK] as f64;
+                                xv * wd[c * k + i] as f64
+                            })
+                            .sum();
+                        let g = got[r * n + c] as f64;
+                        assert!(
+                            (g - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                            "{kern:?} {m}x{k}x{n} r{r} c{c}: {g} vs {want}"
+                        );
+                    }
                 }
             }
         }
@@ -559,20 +898,42 @@ mod tests {
         assert_eq!(q.d[3], 0.0);
     }
 
-    /// The AVX-512 quantisation is bitwise the scalar one.
+    /// The AVX-512 and AVX2 quantisations are bitwise the scalar one (where the CPU has them).
     #[test]
     fn vector_quantisation_equals_scalar() {
         let (m, k) = (5, 96);
         let mut x = rand_vec(m * k, 5);
         x[0] = 0.5; // ties: 0.5 / (1/127) lands near .5 steps in places
         x[k..k + 32].iter_mut().for_each(|v| *v = 0.0);
-        let a = quantize_rows(&x, m, k);
+        x[2 * k + 40] = -3.0; // a block whose largest magnitude is negative
         let b = quantize_rows_body(&x, m, k);
-        assert_eq!((a.q, a.sum, a.kq, a.blocks), (b.q, b.sum, b.kq, b.blocks));
-        assert_eq!(
-            a.d.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-            b.d.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
-        );
+        let mut tried = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx512f") {
+                // SAFETY: AVX-512F detected.
+                tried.push(("avx512", unsafe { quantize_rows_avx512(&x, m, k) }));
+            }
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                // SAFETY: AVX2 and FMA detected.
+                tried.push(("avx2", unsafe { quantize_rows_avx2(&x, m, k) }));
+            }
+        }
+        if tried.is_empty() {
+            eprintln!("SKIPPED: no vector quantisation on this CPU");
+        }
+        for (name, a) in tried {
+            assert_eq!(
+                (&a.q, &a.sum, a.kq, a.blocks),
+                (&b.q, &b.sum, b.kq, b.blocks),
+                "{name}"
+            );
+            assert_eq!(
+                a.d.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                b.d.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "{name}"
+            );
+        }
     }
 
     /// The scalar reference against plain f32 on the decoded weights: within the error of
@@ -598,37 +959,79 @@ mod tests {
         }
     }
 
-    /// The VNNI kernels against the scalar reference of the same arithmetic (integer block
-    /// sums exact, the same f32 additions; FMA vs mul_add rounding alike): every row count of
-    /// the register block, ragged strips, depths that are not multiples of 32, with and without
-    /// bias. Relative 1e-5 of the row's largest output covers the scale product's rounding.
+    /// Every integer kernel against the scalar reference of the same arithmetic (integer
+    /// block sums exact, the same f32 additions; FMA vs mul_add rounding alike): every row
+    /// count of the register block, ragged strips (45, 200 = 6 x 32 + 8, 60 = 32 + 28: the
+    /// last 16 columns partly there), depths that are not multiples of 32, K = 0, runs of depth
+    /// blocks (768 = 24 blocks: three runs at 64 rows, one at 200), with and without bias. The
+    /// weights include +-127 against activations of +-127 (the AVX2 kernels' int16 pair sums
+    /// at their largest). Relative 1e-5 of the row's largest output covers the scale product's
+    /// rounding.
     #[test]
-    fn vnni_kernels_equal_the_reference() {
-        if !supported() {
-            eprintln!("SKIPPED: this CPU (or the forced kernels) has no AVX-512 VNNI");
-            return;
-        }
-        let mut seed = 10;
-        for &(m, k, n) in &[(1, 32, 32), (7, 77, 45), (13, 300, 200), (64, 768, 96)] {
-            for with_bias in [false, true] {
-                seed += 1;
-                let x = rand_vec(m * k, seed);
-                let w = rand_vec(k * n, seed + 100);
-                let bias = rand_vec(n, seed + 200);
-                let bias = with_bias.then_some(&bias[..]);
-                let q = crate::cpu_quant::strips_to_int8(&crate::cpu_gemm::pack_nn(&w, k, n), k, n);
-                let mut want = vec![0f32; m * n];
-                matmul_strips_q8_reference(&x, &q, bias, &mut want, m, k, n);
-                let mut got = vec![f32::NAN; m * n];
-                matmul_strips_q8(&x, &q, bias, &mut got, m, k, n);
-                let scale = want.iter().fold(1f32, |a, v| a.max(v.abs()));
-                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                    assert!(
-                        (g - w).abs() <= 1e-5 * scale,
-                        "{m}x{k}x{n} bias {with_bias} [{i}]: {g} vs {w}"
-                    );
+    fn kernels_equal_the_reference() {
+        for kern in kernels() {
+            let mut seed = 10;
+            let shapes = [
+                (1, 32, 32),
+                (7, 77, 45),
+                (13, 300, 200),
+                (64, 768, 96),
+                (3, 64, 60),
+                (200, 768, 40),
+                (2, 0, 20),
+            ];
+            for &(m, k, n) in &shapes {
+                for with_bias in [false, true] {
+                    seed += 1;
+                    let mut x = rand_vec(m * k, seed);
+                    let mut w = rand_vec(k * n, seed + 100);
+                    // Block maxima of both signs at both operands' ends.
+                    for v in x.iter_mut().step_by(13) {
+                        *v = v.signum() * 2.0;
+                    }
+                    for v in w.iter_mut().step_by(7) {
+                        *v = v.signum() * 3.0;
+                    }
+                    let bias = rand_vec(n, seed + 200);
+                    let bias = with_bias.then_some(&bias[..]);
+                    // (K = 0: no blocks, no bytes; pack_nn wants K > 0.)
+                    let q = if k == 0 {
+                        Vec::new()
+                    } else {
+                        let packed = crate::cpu_gemm::pack_nn(&w, k, n);
+                        crate::cpu_quant::strips_to_int8(&packed, k, n)
+                    };
+                    let mut want = vec![0f32; m * n];
+                    matmul_strips_q8_reference(&x, &q, bias, &mut want, m, k, n);
+                    let mut got = vec![f32::NAN; m * n];
+                    // SAFETY: `got` holds m x n values; `kern` is supported.
+                    unsafe { strips_q8(kern, &x, &q, bias, got.as_mut_ptr(), m, k, n, false) };
+                    let scale = want.iter().fold(1f32, |a, v| a.max(v.abs()));
+                    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                        assert!(
+                            (g - w).abs() <= 1e-5 * scale,
+                            "{kern:?} {m}x{k}x{n} bias {with_bias} [{i}]: {g} vs {w}"
+                        );
+                    }
                 }
             }
+        }
+    }
+
+    /// The process's kernel follows the CPU kernels' instruction set: none below AVX2, VNNI
+    /// only on AVX-512 (so that `DIFFUGPT_CPU_KERNELS=avx2` runs the AVX2 kernels on any host).
+    #[test]
+    fn kernel_follows_the_instruction_set() {
+        use crate::cpu_gemm::{isa, Isa};
+        assert_eq!(Int8Kernel::Avx2.supported(), isa() >= Isa::Avx2);
+        if isa() < Isa::Avx512 {
+            assert!(!Int8Kernel::Vnni.supported());
+        }
+        if let Some(k) = kernel() {
+            assert!(k.supported());
+        }
+        if std::env::var(INT8_ENV).is_err() {
+            assert_eq!(kernel(), Int8Kernel::all_supported().first().copied());
         }
     }
 }

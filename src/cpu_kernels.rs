@@ -607,7 +607,7 @@ fn check_int8_depth(k: usize) -> Result<()> {
 }
 
 /// The head (`[N, K]`, the tied embedding) in `format`: f32 as is, bf16 `[N, K]`, int8 rows
-/// `[N, K / 32 * 36]` u8 — or, where the VNNI kernels run ([`crate::cpu_int8::active`]), the
+/// `[N, K / 32 * 36]` u8 — or, where the integer kernels run ([`crate::cpu_int8::active`]), the
 /// same bytes in strip order as `[1, N, K / 32 * 36]`, and where the `vdpbf16ps` kernels run
 /// ([`crate::cpu_bf16::active`]) bf16 in strip order as `[1, N, K]` (the rank tells the layouts
 /// apart). `None` when it is not contiguous f32 on the CPU.
@@ -873,7 +873,7 @@ pub fn prepacked_matmul(
             crate::cpu_quant::Strips::Bf16(b) if crate::cpu_bf16::active() => {
                 crate::cpu_bf16::matmul_strips_bf16_new(xv, b, bv, m, k, n)
             }
-            // int8 on a VNNI CPU: integer dot products on quantised activations.
+            // int8 where the integer kernels run (VNNI or AVX2): quantised activations.
             crate::cpu_quant::Strips::Int8(q) if crate::cpu_int8::active() => {
                 crate::cpu_int8::matmul_strips_q8_new(xv, q, bv, m, k, n)
             }

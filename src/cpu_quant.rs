@@ -8,10 +8,10 @@
 //! (tested), and quality is that of the rounded weights alone (activations are not quantised).
 //! For one to three rows (the ARM steps) [`crate::cpu_gemv`] widens the weights in registers
 //! instead of through the buffer, with the same arithmetic (bitwise, tested).
-//! Without `vpdpbusd` that is also the fast way: an int8 dot product then takes as many
-//! instructions per multiply-add as an f32 FMA. On CPUs with AVX-512 VNNI the int8 projections
-//! run on [`crate::cpu_int8`]'s integer dot products instead (activations quantised per block of
-//! 32). Likewise bf16 on CPUs where `vdpbf16ps` is fast ([`crate::cpu_bf16`]: AMD Zen 4, twice
+//! Where the CPU kernels run (AVX2 or AVX-512), the int8 projections run on
+//! [`crate::cpu_int8`]'s integer dot products instead (activations quantised per block of 32:
+//! `vpdpbusd` on AVX-512 VNNI, `vpmaddubsw` on AVX2); this path remains for the portable kernels
+//! and for `DIFFUGPT_CPU_INT8=decode`. Likewise bf16 on CPUs where `vdpbf16ps` is fast ([`crate::cpu_bf16`]: AMD Zen 4, twice
 //! the f32 FMA rate; not the Intel Xeon tried, half of it — there bf16 stays on this path).
 //!
 //! Layouts (all little-endian, rank 3 for projections so that the model can tell them apart):
@@ -28,7 +28,7 @@
 //!   kernels run, the strips of the `[K, N]` weight in the projections' pair order, the last
 //!   strip compact ([`Rows::Bf16Strips`], same size); int8: per row, per block of 32
 //!   along `K`, one f32 scale then 32 int8 values (llama.cpp's Q8_0 with an f32 scale):
-//!   `[N, ceil(K/32) * Q8_ROW_BLOCK]` bytes. Where [`crate::cpu_int8`]'s VNNI kernels run, the
+//!   `[N, ceil(K/32) * Q8_ROW_BLOCK]` bytes. Where [`crate::cpu_int8`]'s integer kernels run, the
 //!   int8 head is kept instead as the strips of the `[K, N]` weight it multiplies as (the same
 //!   per-row, per-32 blocks: identical values and scales), in the projections' `vpdpbusd` order,
 //!   the last strip compact (`N % 32` columns: 36 bytes per column and block, no padding), so
@@ -145,7 +145,7 @@ pub enum Rows<'a> {
     Int8(&'a [u8]),
     /// bf16 in the strip order of [`rows_to_bf16_strips`] (for the `vdpbf16ps` kernels).
     Bf16Strips(&'a [bf16]),
-    /// int8 in the strip order of [`rows_to_int8_strips`] (for the VNNI kernels).
+    /// int8 in the strip order of [`rows_to_int8_strips`] (for [`crate::cpu_int8`]'s kernels).
     Int8Strips(&'a [u8]),
 }
 

@@ -158,7 +158,7 @@ fn compressed_weights_match_the_f32_forward() {
         let plain = m.unpacked().unwrap();
         let back = plain.forward_logits(&x, &AttnMask::Bidirectional).unwrap();
         let e = rel_err(&back.to_vec2::<f32>().unwrap(), &got);
-        // The same weights: 1e-4, unless int8 runs on VNNI dot products (activations rounded
+        // The same weights: 1e-4, unless int8 runs on integer dot products (activations rounded
         // to int8 per block of 32 as well) or bf16 on vdpbf16ps (activations rounded to bf16):
         // then within the format's tolerance.
         let rounds_activations = match f {

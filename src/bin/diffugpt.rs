@@ -696,7 +696,7 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
     } else {
         None
     };
-    // int8 forwards on the VNNI kernels: against the measured int8 dot-product peak instead.
+    // int8 forwards on the integer kernels: against their measured dot-product peak instead.
     let int8_peak = (backend == "cpu" && rows.iter().any(|r| r.dtype == "int8"))
         .then(bench::int8_peak_gops)
         .flatten();
@@ -714,7 +714,8 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
     };
     // Which CPU kernels ran (DIFFUGPT_CPU_KERNELS can force the portable ones).
     let kernels = diffugpt::cpu_gemm::isa().name();
-    // How int8 projections multiply (VNNI dot products, or decoded to f32; DIFFUGPT_CPU_INT8).
+    // How int8 projections multiply (VNNI or AVX2 integer dot products, or decoded to f32;
+    // DIFFUGPT_CPU_INT8).
     let int8_path = diffugpt::cpu_int8::path_name();
     // And bf16 ones (vdpbf16ps, or decoded to f32; DIFFUGPT_CPU_BF16).
     let bf16_path = diffugpt::cpu_bf16::path_name();
@@ -821,7 +822,7 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
             if let Some(ip) = int8_peak {
                 writeln!(
                     o,
-                    "int8 dot-product (VNNI) peak, measured now: {ip:.1} GOP/s ({:.1}x the f32 FMA peak); \
+                    "int8 dot-product ({int8_path}) peak, measured now: {ip:.1} GOP/s ({:.1}x the f32 FMA peak); \
                      the int8 rows' % is of this peak",
                     ip / peak.unwrap_or(f64::NAN)
                 )?;
