@@ -683,7 +683,7 @@ mod maddubs {
         while c0 < cols {
             macro_rules! go {
                 ($R:literal, $M:literal) => {
-                    half::<$R, $M>(
+                    block::<$R, 2, $M>(
                         xq, xabs, kq, xd, bstride, nb, w, start, out, ldo, c0, cols, lc,
                     )
                 };
@@ -717,15 +717,15 @@ mod maddubs {
         )
     }
 
-    /// `R` rows x columns `c0..c0 + 16` of the strip over `nb` blocks: per block, 8 groups of
-    /// four depth rows; each group is two weight registers (16 columns x 4 bytes, the bias bit
-    /// flipped back to signed) and, per row, broadcasts of the row's four activation bytes and
-    /// of their absolute values. `MASKED`: columns at or past `cols` exist only in part (the
-    /// strip's last 16), so their loads and stores are masked to what exists.
+    /// `R` rows x columns `c0..c0 + 8 C` of the strip over `nb` blocks: per block, 8 groups of
+    /// four depth rows; each group is `C` weight registers (8 columns x 4 bytes each, the bias
+    /// bit flipped back to signed) and, per row, broadcasts of the row's four activation bytes
+    /// and of their absolute values. `MASKED`: columns at or past `cols` exist only in part
+    /// (the strip's last ones), so their loads and stores are masked to what exists.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    unsafe fn half<const R: usize, const MASKED: bool>(
+    unsafe fn block<const R: usize, const C: usize, const MASKED: bool>(
         xq: *const i8,
         xabs: *const u8,
         kq: usize,
@@ -740,8 +740,7 @@ mod maddubs {
         cols: usize,
         lc: usize,
     ) {
-        let m0 = lane_mask(cols - c0);
-        let m1 = lane_mask(cols.saturating_sub(c0 + 8));
+        let m: [__m256i; C] = std::array::from_fn(|j| lane_mask(cols.saturating_sub(c0 + 8 * j)));
         let load_ps = |p: *const f32, m: __m256i| {
             if MASKED {
                 _mm256_maskload_ps(p, m)
@@ -764,16 +763,16 @@ mod maddubs {
             }
         };
         // Where block 0's f32 sums start (later blocks: what the previous one stored).
-        let first = |i: usize, m: __m256i, off: usize| match start {
-            Start::Bias(Some(b)) => load_ps(b.add(c0 + off), m),
+        let first = |i: usize, j: usize| match start {
+            Start::Bias(Some(b)) => load_ps(b.add(c0 + 8 * j), m[j]),
             Start::Bias(None) => _mm256_setzero_ps(),
-            Start::Out => load_ps(out.add(i * ldo + c0 + off), m),
+            Start::Out => load_ps(out.add(i * ldo + c0 + 8 * j), m[j]),
         };
         if nb == 0 {
             for i in 0..R {
-                let o = out.add(i * ldo + c0);
-                store_ps(o, m0, first(i, m0, 0));
-                store_ps(o.add(8), m1, first(i, m1, 8));
+                for (j, &mj) in m.iter().enumerate() {
+                    store_ps(out.add(i * ldo + c0 + 8 * j), mj, first(i, j));
+                }
             }
             return;
         }
@@ -782,37 +781,31 @@ mod maddubs {
         for b in 0..nb {
             let blk = w.add(b * lc * Q8_ROW_BLOCK);
             let vals = blk.add(lc * 4 + c0 * 4);
-            let mut a0 = [_mm256_setzero_si256(); R];
-            let mut a1 = [_mm256_setzero_si256(); R];
+            let mut acc = [[_mm256_setzero_si256(); C]; R];
             for g in 0..8 {
                 let gp = vals.add(g * lc * 4);
-                let w0 = _mm256_xor_si256(load_w(gp, m0), flip);
-                let w1 = _mm256_xor_si256(load_w(gp.add(32), m1), flip);
-                for i in 0..R {
+                let wv: [__m256i; C] =
+                    std::array::from_fn(|j| _mm256_xor_si256(load_w(gp.add(32 * j), m[j]), flip));
+                for (i, a) in acc.iter_mut().enumerate() {
                     let off = i * kq + b * 32 + g * 4;
                     let xs = _mm256_set1_epi32((xq.add(off) as *const i32).read_unaligned());
                     let xa = _mm256_set1_epi32((xabs.add(off) as *const i32).read_unaligned());
-                    let p0 = _mm256_maddubs_epi16(xa, _mm256_sign_epi8(w0, xs));
-                    let p1 = _mm256_maddubs_epi16(xa, _mm256_sign_epi8(w1, xs));
-                    a0[i] = _mm256_add_epi32(a0[i], _mm256_madd_epi16(p0, ones));
-                    a1[i] = _mm256_add_epi32(a1[i], _mm256_madd_epi16(p1, ones));
+                    for (aj, &wj) in a.iter_mut().zip(&wv) {
+                        let p = _mm256_maddubs_epi16(xa, _mm256_sign_epi8(wj, xs));
+                        *aj = _mm256_add_epi32(*aj, _mm256_madd_epi16(p, ones));
+                    }
                 }
             }
             let sc = blk as *const f32;
-            let s0 = load_ps(sc.add(c0), m0);
-            let s1 = load_ps(sc.add(c0 + 8), m1);
-            for i in 0..R {
+            let s: [__m256; C] = std::array::from_fn(|j| load_ps(sc.add(c0 + 8 * j), m[j]));
+            for (i, a) in acc.iter().enumerate() {
                 let d = _mm256_set1_ps(*xd.add(i * bstride + b));
-                let o = out.add(i * ldo + c0);
-                let (f0, f1) = if b == 0 {
-                    (first(i, m0, 0), first(i, m1, 8))
-                } else {
-                    (load_ps(o, m0), load_ps(o.add(8), m1))
-                };
-                let f0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a0[i]), _mm256_mul_ps(s0, d), f0);
-                let f1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a1[i]), _mm256_mul_ps(s1, d), f1);
-                store_ps(o, m0, f0);
-                store_ps(o.add(8), m1, f1);
+                for (j, ((&aj, &sj), &mj)) in a.iter().zip(&s).zip(&m).enumerate() {
+                    let o = out.add(i * ldo + c0 + 8 * j);
+                    let f = if b == 0 { first(i, j) } else { load_ps(o, mj) };
+                    let f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(aj), _mm256_mul_ps(sj, d), f);
+                    store_ps(o, mj, f);
+                }
             }
         }
     }
