@@ -3,8 +3,9 @@
 # weight dtype.
 # Usage: benches/compare_pytorch.sh [PYTHON] [LENS] [REPS] [THREADS] [DTYPES]
 # THREADS (default: each side's own default, one per core) is passed to both sides. DTYPES
-# (default f32) is a comma-separated list of f32, bf16, int8: ours keeps bf16 / int8 weights and
-# computes in f32 (`--dtype`); PyTorch casts the model to bf16 / applies quantize_dynamic (int8).
+# (default f32) is a comma-separated list of f32, bf16, int8: ours keeps bf16 / int8 weights
+# (`--dtype`; products on the integer / bf16 dot-product kernels where they run, else decoded to
+# f32); PyTorch casts the model to bf16 / applies quantize_dynamic (int8).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=${1:-python3}; lens=${2:-64,1024}; reps=${3:-3}; threads=${4:-}; dtypes=${5:-f32}

@@ -3,11 +3,13 @@
 //!   instruction, measured at 4x the f32 FMA rate on an Intel Xeon with AVX512_VNNI —
 //!   benches/README.md);
 //! * `avx2` — every AVX2 CPU (`vpmaddubsw` + `vpmaddwd`: 32 byte products into 8 int32 lanes per
-//!   pair, measured at 2x the f32 FMA rate in products on AMD Zen 3). `vpmaddubsw` multiplies an
-//!   unsigned byte by a signed one and saturates the sum of two products to int16: with the
-//!   weights' unsigned (biased) form, 255 x 127 x 2 would saturate, so the unsigned operand is
-//!   |x| and the signed one the weight with x's sign (`vpsignb`, llama.cpp's trick):
-//!   127 x 127 x 2 fits, and the block sums are the exact integers the VNNI kernels compute.
+//!   pair, measured at 1.3-1.4x the f32 FMA rate in products on AMD Zen 3: the byte
+//!   multiply-adds issue no faster than FMAs there, and each 32 products take four
+//!   instructions). `vpmaddubsw` multiplies an unsigned byte by a signed one and saturates the
+//!   sum of two products to int16: with the weights' unsigned (biased) form, 255 x 127 x 2
+//!   would saturate, so the unsigned operand is |x| and the signed one the weight with x's sign
+//!   (`vpsignb`, llama.cpp's trick): 127 x 127 x 2 fits, and the block sums are the exact
+//!   integers the VNNI kernels compute.
 //!
 //! The decode path of [`crate::cpu_quant`] keeps the arithmetic f32 (the weights are decoded,
 //! the activations are not rounded); here the activations are quantised too, per row and per
@@ -97,7 +99,7 @@ impl Int8Kernel {
 
 /// The integer kernels the int8 projections and head run on in this process, `None` where they
 /// are decoded to f32 instead: by default the fastest the CPU has (VNNI, else AVX2: on Zen 3
-/// the AVX2 kernels do twice the f32 FMA's products per cycle, benches/README.md); see
+/// the AVX2 kernels make the int8 forward 1.3-1.4x the f32 one, benches/README.md); see
 /// [`INT8_ENV`].
 pub fn kernel() -> Option<Int8Kernel> {
     static KERNEL: std::sync::OnceLock<Option<Int8Kernel>> = std::sync::OnceLock::new();
