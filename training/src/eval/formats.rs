@@ -51,6 +51,9 @@ pub struct FormatsArgs {
 #[derive(Debug, Serialize)]
 pub struct FormatReport {
     pub format: &'static str,
+    /// How this format's products ran (`DIFFUGPT_CPU_INT8` / `DIFFUGPT_CPU_BF16`): int8 on
+    /// `vnni` or `avx2` integer kernels or `decode`d to f32, bf16 on `dot` products or `decode`d.
+    pub products: &'static str,
     /// Bytes the model's weights take in this format, and as a share of f32.
     pub weight_bytes: u64,
     pub weight_ratio: f64,
@@ -74,6 +77,8 @@ pub struct FormatsReport {
     pub data: PathBuf,
     pub predictor: String,
     pub n_examples: usize,
+    /// The CPU kernels' instruction set (`DIFFUGPT_CPU_KERNELS`).
+    pub cpu_kernels: &'static str,
     pub f32_metrics: EndMetrics,
     pub formats: Vec<FormatReport>,
     pub elapsed_s: f64,
@@ -161,6 +166,11 @@ pub fn run(args: &FormatsArgs) -> Result<()> {
         let n = changes.len() as f64;
         reports.push(FormatReport {
             format: f.name(),
+            products: match f {
+                WeightFormat::Int8 => diffugpt::cpu_int8::path_name(),
+                WeightFormat::Bf16 => diffugpt::cpu_bf16::path_name(),
+                WeightFormat::F32 => "f32",
+            },
             weight_bytes: m.weight_bytes(),
             weight_ratio: m.weight_bytes() as f64 / f32_bytes as f64,
             rows,
@@ -179,6 +189,7 @@ pub fn run(args: &FormatsArgs) -> Result<()> {
         data: args.data.clone(),
         predictor: predictor.label(),
         n_examples: ref_preds.len(),
+        cpu_kernels: diffugpt::cpu_gemm::isa().name(),
         f32_metrics: summarize(&ref_preds, &ks),
         formats: reports,
         elapsed_s: start.elapsed().as_secs_f64(),
@@ -198,19 +209,20 @@ fn argmax(v: &[f32]) -> usize {
 
 fn markdown(r: &FormatsReport) -> String {
     let mut s = format!(
-        "# Weight formats against f32\n\nmodel `{}`, data `{}`, {} cases, predictor {}, CPU `{}`, {:.0} s\n\n",
+        "# Weight formats against f32\n\nmodel `{}`, data `{}`, {} cases, predictor {}, CPU `{}` (kernels: {}), {:.0} s\n\n",
         r.model.display(),
         r.data.display(),
         r.n_examples,
         r.predictor,
         r.environment.cpu,
+        r.cpu_kernels,
         r.elapsed_s
     );
-    s += "| format | weights (x f32) | rows | top-1 = f32 | max rel logit err | mean | end changed | mean abs change (slots) | exact | within 2 | upper bound | saved |\n";
-    s += "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n";
+    s += "| format | products | weights (x f32) | rows | top-1 = f32 | max rel logit err | mean | end changed | mean abs change (slots) | exact | within 2 | upper bound | saved |\n";
+    s += "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n";
     let m = &r.f32_metrics;
     s += &format!(
-        "| f32 | 1.00 | - | - | - | - | - | - | {:.1}% | {:.1}% | {:.1}% | {:.1}% |\n",
+        "| f32 | f32 | 1.00 | - | - | - | - | - | - | {:.1}% | {:.1}% | {:.1}% | {:.1}% |\n",
         100.0 * m.exact,
         100.0 * m.within(2).unwrap_or(f64::NAN),
         100.0 * m.upper_bound,
@@ -219,8 +231,9 @@ fn markdown(r: &FormatsReport) -> String {
     for f in &r.formats {
         let m = &f.metrics;
         s += &format!(
-            "| {} | {:.2} | {} | {:.2}% | {:.2e} | {:.2e} | {:.1}% | {:.2} | {:.1}% | {:.1}% | {:.1}% | {:.1}% |\n",
+            "| {} | {} | {:.2} | {} | {:.2}% | {:.2e} | {:.2e} | {:.1}% | {:.2} | {:.1}% | {:.1}% | {:.1}% | {:.1}% |\n",
             f.format,
+            f.products,
             f.weight_ratio,
             f.rows,
             100.0 * f.top1_agreement,
