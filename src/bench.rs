@@ -268,7 +268,8 @@ mod fma_chains {
         ];
         let mut x: [__m256i; 4] = std::array::from_fn(|i| _mm256_set1_epi32(seed * 3 + i as i32));
         let ones = _mm256_set1_epi16(1);
-        debug_assert_eq!(CHAINS * 2 % 16, 0);
+        // Eight accumulators doing `CHAINS` x `iters` groups in all.
+        debug_assert!((iters * CHAINS).is_multiple_of(8));
         for _ in 0..iters * CHAINS / 8 {
             for (i, c) in acc.iter_mut().enumerate() {
                 let p = _mm256_maddubs_epi16(a, _mm256_sign_epi8(b[i / 4], x[i % 4]));
