@@ -143,8 +143,8 @@ pub fn path_name() -> &'static str {
     kernel().map_or("decode", Int8Kernel::name)
 }
 
-/// Activations quantised per row and per block of [`QK`] along `K`: `q` (`m x kq` bytes, `kq` =
-/// `K` rounded up to [`QK`], zero-padded), one scale per block (`d`, max |x| / 127) and the sum
+/// Activations quantised per row and per block of 32 along `K`: `q` (`m x kq` bytes, `kq` =
+/// `K` rounded up to 32, zero-padded), one scale per block (`d`, max |x| / 127) and the sum
 /// of the block's quantised values (`sum`, for the weights' bias of 128).
 pub struct QuantRows {
     pub q: Vec<i8>,
@@ -326,7 +326,7 @@ pub fn matmul_strips_q8(
 }
 
 /// [`matmul_strips_q8`] into a new vector, which the kernels fill without it being zeroed first
-/// (see [`crate::cpu_gemm::filled_vec`]).
+/// (`cpu_gemm::filled_vec`).
 pub fn matmul_strips_q8_new(
     x: &[f32],
     w: &[u8],

@@ -371,7 +371,7 @@ pub fn to_bf16(w: &[f32]) -> Vec<bf16> {
 }
 
 /// Strip-packed f32 (`pack_nn`'s layout) of a `k x n` weight to bf16 strips in pair order
-/// ([`bf16_pair_index`]); same length.
+/// (each column's two values of a pair adjacent, an odd last row plain); same length.
 pub fn strips_to_bf16(packed: &[f32], k: usize, n: usize) -> Vec<bf16> {
     assert_eq!(packed.len(), crate::cpu_gemm::packed_len(k, n));
     let mut out = vec![bf16::ZERO; packed.len()];
@@ -459,7 +459,7 @@ pub fn rows_to_int8(w: &[f32], k: usize, n: usize) -> Vec<u8> {
     out
 }
 
-/// `[n, k]` f32 rows (`k` a multiple of [`QK`]) to [`Rows::Int8Strips`]: the row layout's
+/// `[n, k]` f32 rows (`k` a multiple of 32) to [`Rows::Int8Strips`]: the row layout's
 /// blocks (one scale per row per 32 along `K`, the same values) rearranged as the strips of the
 /// `[k, n]` weight: per strip of 32 rows (the last one `n % 32`, compact), per block, the
 /// strip's scales then its values in `vpdpbusd` order biased by 128.

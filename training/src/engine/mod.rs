@@ -3,9 +3,9 @@
 //! ([`diffugpt::model::canonical_shapes`]); activations live in buffers allocated once per batch
 //! shape and reused every step, so memory is flat by construction and there is no graph. Forward,
 //! loss and backward are written out: LayerNorm, the projections (AVX-512 GEMM where the CPU has
-//! it, [`linalg`]), attention per (sequence, head) ([`attention`]), tanh-GELU, and the LM head
+//! it, `linalg`), attention per (sequence, head) (`attention`), tanh-GELU, and the LM head
 //! evaluated on the loss rows only, in chunks, with softmax and the weighted cross-entropy fused
-//! ([`kernels`]). The loss is the one `train::batch_loss` builds with candle from the same
+//! (`kernels`). The loss is the one `train::batch_loss` builds with candle from the same
 //! [`Selection`]; `tests` check loss, every gradient and AdamW steps against that path.
 
 mod attention;

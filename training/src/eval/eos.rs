@@ -589,7 +589,7 @@ fn slot_end_scores(
     Ok((p_end, is_end))
 }
 
-/// [`slot_end_scores`] and the final hidden states `[canvas, n_embd]` the slots are read from
+/// `slot_end_scores` and the final hidden states `[canvas, n_embd]` the slots are read from
 /// (the features of the learned end probe, [`crate::eval::probe`]).
 pub fn slot_scores_and_hidden(
     model: &Gpt2,
