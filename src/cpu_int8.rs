@@ -653,16 +653,17 @@ mod vnni {
 
 /// The AVX2 kernels: `vpsignb` + `vpmaddubsw` + `vpmaddwd` + `vpaddd` per 32 byte products.
 /// Sixteen columns (two registers of 8 int32 lanes) at a time, so that 4 rows' int32 sums fit
-/// the 16 registers; the f32 sums go through `out` after each block of 32 (4 rows x 16 columns,
-/// in L1), which costs a load and a store per 256 products.
+/// the 16 registers (a single row takes all 32); the f32 sums go through `out` after each block
+/// of 32 (4 rows x 16 columns, in L1), which costs a load and a store per 256 products.
 #[cfg(target_arch = "x86_64")]
 mod maddubs {
     use super::{Start, MR, NR, Q8_ROW_BLOCK};
     use std::arch::x86_64::*;
 
     /// `rows` (1..=`MR`) rows against one strip: the one place a run-time row count becomes
-    /// the register block's compile-time one, and a strip's last columns (a ragged or compact
-    /// last strip) masked loads and stores.
+    /// the register block's compile-time one (two to four rows: 16 columns at a time; one row:
+    /// all 32), and a strip's last columns (a ragged or compact last strip) masked loads and
+    /// stores.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn rows(
@@ -681,6 +682,21 @@ mod maddubs {
         lc: usize,
     ) {
         debug_assert!((1..=MR).contains(&rows) && cols <= lc && lc <= NR);
+        // One row (ARM steps, memory-bound): the whole strip at once, so that its bytes stream
+        // in order in one pass rather than as two passes over alternate cache lines (ARM int8
+        // tokens/s ~4 % higher on Zen 3, seven alternating rounds; benches/README.md).
+        if rows == 1 {
+            if cols == NR {
+                block::<1, 4, false>(
+                    xq, xabs, kq, xd, bstride, nb, w, start, out, ldo, 0, cols, lc,
+                );
+            } else {
+                block::<1, 4, true>(
+                    xq, xabs, kq, xd, bstride, nb, w, start, out, ldo, 0, cols, lc,
+                );
+            }
+            return;
+        }
         let mut c0 = 0;
         while c0 < cols {
             macro_rules! go {
