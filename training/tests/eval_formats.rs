@@ -4,57 +4,22 @@
 //! first-step end predictions stay close to f32 (int8 and bf16 round the weights; where their
 //! dot-product kernels run, the activations as well).
 
+mod common;
+
 use std::fs;
-use std::path::{Path, PathBuf};
 
 use diffugpt_training::data::Kind;
 use diffugpt_training::eval::formats::{run, FormatsArgs};
-use diffugpt_training::prepare::{prepare, PrepareOptions, Splitter};
+use diffugpt_training::prepare::PadVariant;
 use serde_json::Value;
-
-fn manifest() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A fresh directory under cargo's test tmpdir, removed on drop.
-struct TmpDir(PathBuf);
-
-impl TmpDir {
-    fn new(name: &str) -> TmpDir {
-        let p = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("eval-formats-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&p);
-        fs::create_dir_all(&p).unwrap();
-        TmpDir(p)
-    }
-}
-
-impl Drop for TmpDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 #[test]
 fn eval_formats_end_to_end_on_the_tiny_model() {
-    let tmp = TmpDir::new("e2e");
-    let data_dir = tmp.0.join("data");
-    let mut o = PrepareOptions::new(
-        manifest().join("tests/fixtures/corpus/fortunes.txt"),
-        manifest().join("../tests/fixtures/tiny-diffugpt/tokenizer.json"),
-        data_dir.clone(),
-    );
-    o.splitter = Splitter::Percent;
-    o.kind = Kind::Padded;
-    o.block_len = 64;
-    o.val_frac = 0.05;
-    o.test_frac = 0.1;
-    o.seed = 3;
-    prepare(&o).unwrap();
-
-    let out = tmp.0.join("report");
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = common::prep(&tmp.path().join("data"), Kind::Padded, PadVariant::EosPad);
+    let out = tmp.path().join("report");
     let args = FormatsArgs {
-        model: manifest().join("../tests/fixtures/tiny-diffugpt"),
+        model: common::root().join("tests/fixtures/tiny-diffugpt"),
         data: data_dir.join("test"),
         out: out.clone(),
         formats: vec!["bf16".into(), "int8".into()],
