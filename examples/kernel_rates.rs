@@ -8,7 +8,8 @@
 //! the bf16 `vdpbf16ps` kernels do (`cpu_bf16::active`), theirs.
 //!
 //! `cargo run --release --example kernel_rates` (`RAYON_NUM_THREADS=1` for one core;
-//! `KERNEL_RATES=f32,int8,bf16` picks the sections, all by default).
+//! `KERNEL_RATES=f32,int8,bf16` picks the sections, all by default; `DIFFUGPT_CPU_GEMM=panel` or
+//! `blocked` the loops of the 1024-row projections, printed above the table).
 
 use std::time::Instant;
 
@@ -25,6 +26,10 @@ fn main() {
         (3072, 768, "mlp.c_proj"),
         (768, 50257, "head (nt)"),
     ];
+    println!(
+        "loops of the projections from 128 rows: {}\n",
+        diffugpt::cpu_gemm::driver().name()
+    );
     println!("| isa | rows | matrix | k x n | ms | GFLOP/s |");
     println!("| --- | ---: | --- | --- | ---: | ---: |");
     let isas = if want("f32") {

@@ -15,11 +15,14 @@
 //!   horizontal sums done as one transpose-and-add tree, the next group of vocabulary rows
 //!   prefetched while this one computes (measured at 64 rows: 148 -> 170-180 GFLOP/s).
 //!
-//! From `PACK_MIN_ROWS` rows on both switch to a cache-blocked path (`packed`): the weights are
-//! copied block by block (`256 x 128`) into a contiguous buffer — transposed on the way for the
-//! head — so that with many rows neither the partial sums nor the activations are streamed from
-//! L3 again for every block of `K` (measured: 150-165 -> 185-200 GFLOP/s at 1024 rows). Under
-//! AVX2 the head keeps its dot tiles instead, on 64-row chunks (measured faster there).
+//! From `PACK_MIN_ROWS` rows on both switch to cache-blocked loops ([`Driver`]): the panel loops
+//! copy the weights block by block (`256 x 128`) into a contiguous buffer — transposed on the way
+//! for the head — so that with many rows neither the partial sums nor the activations are
+//! streamed from L3 again for every block of `K` (measured: 150-165 -> 185-200 GFLOP/s at 1024
+//! rows); the blocked loops (BLIS's order, blocks sized from the CPU's caches) also keep each
+//! strip's block of weights in L1 across the row blocks, for CPUs whose FMA rate outruns L2
+//! (Intel's two 512-bit pipes). Under AVX2 the head keeps its dot tiles instead, on 64-row
+//! chunks (measured faster there).
 //!
 //! A loaded model goes one step further for its block projections: [`pack_nn`] rewrites each
 //! `[in, out]` weight once, in place of the original, into strips of 32 columns that are
@@ -184,17 +187,99 @@ pub(crate) fn strip_masks(cols: usize) -> (u16, u16) {
     (m0, m1)
 }
 
-/// The cache-blocked product for many rows: per panel of `NC` output columns and block of
-/// `KC_PACK` weight rows, the weights are copied once into a contiguous `[KC_PACK, NC]` block
-/// (transposed on the way for `nt`, the head's `[N, K]` rows), then every block of `MR`
-/// activation rows runs against its four strips while its `MR x KC_PACK` slice of `x` sits in
-/// L1. The partial sums of the panel (`M x NC`) stay in L2 between depth blocks.
+/// The environment variable that forces the loops of the many-row products (from
+/// `PACK_MIN_ROWS` rows on; shorter canvases always run the strip path): `auto` (default: see
+/// [`default_driver`]), `panel` or `blocked`. Read once per process; the tests run both.
+pub const GEMM_ENV: &str = "DIFFUGPT_CPU_GEMM";
+
+/// The cache-level loop order of the many-row products of the Conv1D projections (the register
+/// kernels are the same, and so is every result, bitwise: each output is the same chain of fused
+/// multiply-adds along `K` from its bias, whatever the blocking; tested). The head keeps its own
+/// paths (the dot tiles; AVX-512's panel).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Driver {
+    /// Per panel of 128 output columns and 256-deep block of weights (128 KiB, L2): every
+    /// register block of activation rows, read in place, runs against the panel's four strips,
+    /// which it re-reads from L2.
+    Panel,
+    /// BLIS's loop order with blocks sized from this CPU's caches ([`crate::cpu_caches`]): a
+    /// strip's `kc x 32` weights stay in L1 while every register block of a packed `mc x kc`
+    /// block of activation rows (L2) passes over them.
+    Blocked,
+}
+
+impl Driver {
+    /// The name [`GEMM_ENV`] takes and reports print.
+    pub fn name(self) -> &'static str {
+        match self {
+            Driver::Panel => "panel",
+            Driver::Blocked => "blocked",
+        }
+    }
+}
+
+/// The many-row driver for this process: [`GEMM_ENV`]'s, or the default for [`isa`].
+pub fn driver() -> Driver {
+    static D: std::sync::OnceLock<Driver> = std::sync::OnceLock::new();
+    *D.get_or_init(|| match std::env::var(GEMM_ENV).as_deref() {
+        Err(_) | Ok("") | Ok("auto") => default_driver(isa()),
+        Ok("panel") => Driver::Panel,
+        Ok("blocked") => Driver::Blocked,
+        Ok(other) => {
+            eprintln!("note: {GEMM_ENV}={other:?} is not one of auto, panel, blocked: using auto");
+            default_driver(isa())
+        }
+    })
+}
+
+/// The loops for `isa`'s kernels on this CPU: [`Driver::Panel`] wherever they were timed.
+///
+/// On a Zen 3 (AVX2) the blocked loops measured slower: the four projections alone at 1024
+/// rows 5-7 % (`kernel_rates`, alternating rounds), the forward at 64 / 256 / 1024 positions
+/// 1.06x / 1.07x / 0.99x the panel loops' median time (`benches/README.md`): there the weights'
+/// re-reads from L2 (64 bytes per 12 FMAs) are within L2's bandwidth, and the blocked loops pay
+/// for their packing and their shallower depth blocks (more partial-sum traffic). They are
+/// meant for CPUs whose FMA rate outruns L2 (Intel's two 512-bit pipes: 128 bytes per 16 FMAs
+/// in 8 cycles), where they are not yet timed; `DIFFUGPT_CPU_GEMM=blocked` and `benches/ab.sh`
+/// compare the two in one command there.
+fn default_driver(_isa: Isa) -> Driver {
+    Driver::Panel
+}
+
+/// The cache blocking of [`Driver::Blocked`] for `isa`'s register block.
+fn blocking(isa: Isa) -> crate::cpu_caches::Blocking {
+    let mr = if isa == Isa::Avx512 {
+        MR_AVX512
+    } else {
+        MR_AVX2
+    };
+    crate::cpu_caches::Blocking::detected(mr)
+}
+
+/// A driver and, for [`Driver::Blocked`], its blocks.
+#[derive(Clone, Copy, Debug)]
+struct Plan {
+    driver: Driver,
+    blocking: crate::cpu_caches::Blocking,
+}
+
+/// This process's [`driver`] with [`blocking`] for `isa`.
+fn plan(isa: Isa) -> Plan {
+    Plan {
+        driver: driver(),
+        blocking: blocking(isa),
+    }
+}
+
+/// `x @ w` (or `x @ w^T` for the head from `PACK_MIN_ROWS` rows on, `src` says) with `plan`'s
+/// loops, output columns split across rayon's threads. The callers have checked the sizes and
+/// that `isa`'s kernels run here.
 #[allow(clippy::too_many_arguments)]
-fn packed(
+fn strip_products(
     isa: Isa,
+    plan: Plan,
     x: &[f32],
-    w: &[f32],
-    nt: bool,
+    src: Source<'_>,
     bias: Option<&[f32]>,
     out: &mut [f32],
     m: usize,
@@ -202,32 +287,120 @@ fn packed(
     n: usize,
 ) {
     let optr = SendPtr(out.as_mut_ptr());
-    (0..n.div_ceil(NC)).into_par_iter().for_each_init(
-        || vec![0f32; KC_PACK * NC],
-        |buf, panel| {
-            let o = optr;
-            let c0 = panel * NC;
-            // SAFETY: `runnable(isa)` checked by the callers; this task alone writes columns
-            // c0..c0+NC; all reads stay inside the asserted sizes.
-            unsafe {
-                with_kernels!(
-                    isa,
-                    panel(
-                        x,
-                        Source::Plain { w, nt },
-                        bias,
-                        o.0,
-                        m,
-                        k,
-                        n,
-                        c0,
-                        NC.min(n - c0),
-                        buf
+    let strips = n.div_ceil(NR);
+    let head = matches!(src, Source::Plain { nt: true, .. });
+    if m >= PACK_MIN_ROWS && plan.driver == Driver::Blocked && !head {
+        let b = plan.blocking;
+        // Two column ranges per thread: each packs every block of `x` once, so fewer tasks
+        // copy less (one copy per `32 x strips` products of each activation).
+        let per_task = strips.div_ceil(rayon::current_num_threads() * 2).max(1);
+        (0..strips.div_ceil(per_task))
+            .into_par_iter()
+            .for_each_init(
+                || (Vec::new(), Vec::new()),
+                |(wbuf, abuf), task| {
+                    let o = optr;
+                    let s0 = task * per_task;
+                    let s1 = ((task + 1) * per_task).min(strips);
+                    // SAFETY: `isa`'s kernels run here and the sizes hold (the callers' checks);
+                    // this task alone writes columns s0*NR..min(s1*NR, n).
+                    unsafe {
+                        with_kernels!(
+                            isa,
+                            blocked(x, src, bias, o.0, m, k, n, s0, s1, b, wbuf, abuf)
+                        )
+                    };
+                },
+            );
+        return;
+    }
+    if m >= PACK_MIN_ROWS {
+        let copies = !matches!(src, Source::Prepacked(_));
+        (0..n.div_ceil(NC)).into_par_iter().for_each_init(
+            || {
+                if copies {
+                    vec![0f32; KC_PACK * NC]
+                } else {
+                    Vec::new()
+                }
+            },
+            |buf, panel| {
+                let o = optr;
+                let c0 = panel * NC;
+                // SAFETY: as above; this task alone writes columns c0..c0+NC.
+                unsafe {
+                    with_kernels!(
+                        isa,
+                        panel(x, src, bias, o.0, m, k, n, c0, NC.min(n - c0), buf)
                     )
-                )
-            };
-        },
-    );
+                };
+            },
+        );
+        return;
+    }
+    match src {
+        Source::Plain { w, nt: false } => {
+            // A few tasks per thread, each a run of whole strips (a column range).
+            let per_task = strips.div_ceil(rayon::current_num_threads() * 2).max(1);
+            (0..strips.div_ceil(per_task))
+                .into_par_iter()
+                .for_each(|task| {
+                    let o = optr;
+                    let s0 = task * per_task;
+                    let s1 = ((task + 1) * per_task).min(strips);
+                    // SAFETY: as above; this task alone writes columns s0*NR..min(s1*NR, n).
+                    unsafe {
+                        with_kernels!(
+                            isa,
+                            columns_nn(x, w, bias, o.0, m, k, n, s0 * NR, (s1 * NR).min(n))
+                        )
+                    };
+                });
+        }
+        Source::Prepacked(wp) => {
+            let (x, ldx) = unaliased_rows(x, m, k);
+            let x: &[f32] = &x;
+            // Runs of a few strips (each ~30 us at 64 rows), eight per thread: on a shared host
+            // a descheduled thread then leaves little work behind it (two per thread measured a
+            // few % slower at 64 rows).
+            let per_task = strips.div_ceil(rayon::current_num_threads() * 8).max(1);
+            (0..strips.div_ceil(per_task))
+                .into_par_iter()
+                .for_each(|task| {
+                    let o = optr;
+                    let s0 = task * per_task;
+                    let s1 = ((task + 1) * per_task).min(strips);
+                    // SAFETY: as above; this task alone writes columns s0*NR..min(s1*NR, n).
+                    unsafe {
+                        with_kernels!(
+                            isa,
+                            strips_prepacked(x, ldx, wp, bias, o.0, m, k, n, s0, s1)
+                        )
+                    };
+                });
+        }
+        Source::Decoded(w) => {
+            let (x, ldx) = unaliased_rows(x, m, k);
+            let x: &[f32] = &x;
+            // One strip per task: decoding it (K x 32) is the task's only memory traffic, and
+            // the buffer (96-384 KiB for GPT-2) stays in L2 while every row block runs over it.
+            (0..strips).into_par_iter().for_each_init(
+                || vec![0f32; k * NR],
+                |buf, s| {
+                    let o = optr;
+                    w.decode(s, k, 0, k, buf);
+                    // SAFETY: as above; `buf` holds the strip's K x 32 weights; this task alone
+                    // writes columns s*NR..min((s+1)*NR, n).
+                    unsafe {
+                        with_kernels!(isa, strip_rows(x, ldx, buf.as_ptr(), bias, o.0, m, k, n, s))
+                    };
+                },
+            );
+        }
+        Source::Plain { nt: true, .. } => {
+            unreachable!("the head's dot tiles run below PACK_MIN_ROWS rows")
+        }
+    }
 }
 
 /// `x`'s rows and their stride for the short-canvas strip path: `x` itself, or a copy with rows
@@ -313,29 +486,8 @@ pub fn matmul_nn_with(
     n: usize,
 ) {
     check_args(isa, "matmul_nn", x, w, k * n, bias, out, m, k, n);
-    if m >= PACK_MIN_ROWS {
-        packed(isa, x, w, false, bias, out, m, k, n);
-        return;
-    }
-    let strips = n.div_ceil(NR);
-    // A few tasks per thread, each a run of whole strips (a column range).
-    let per_task = strips.div_ceil(rayon::current_num_threads() * 2).max(1);
-    let optr = SendPtr(out.as_mut_ptr());
-    (0..strips.div_ceil(per_task))
-        .into_par_iter()
-        .for_each(|task| {
-            let o = optr;
-            let s0 = task * per_task;
-            let s1 = ((task + 1) * per_task).min(strips);
-            // SAFETY: kernels checked above; indices stay inside the asserted sizes; this task
-            // alone writes columns s0*NR..min(s1*NR, n).
-            unsafe {
-                with_kernels!(
-                    isa,
-                    columns_nn(x, w, bias, o.0, m, k, n, s0 * NR, (s1 * NR).min(n))
-                )
-            };
-        });
+    let src = Source::Plain { w, nt: false };
+    strip_products(isa, plan(isa), x, src, bias, out, m, k, n);
 }
 
 /// [`matmul_nn`] on the calling thread only (for callers already parallel over other work,
@@ -466,54 +618,7 @@ pub fn matmul_prepacked_with(
         k,
         n,
     );
-    let optr = SendPtr(out.as_mut_ptr());
-    if m >= PACK_MIN_ROWS {
-        (0..n.div_ceil(NC)).into_par_iter().for_each(|panel| {
-            let o = optr;
-            let c0 = panel * NC;
-            // SAFETY: as in `packed`; no copy buffer is needed for pre-packed weights.
-            unsafe {
-                with_kernels!(
-                    isa,
-                    panel(
-                        x,
-                        Source::Prepacked(wp),
-                        bias,
-                        o.0,
-                        m,
-                        k,
-                        n,
-                        c0,
-                        NC.min(n - c0),
-                        &mut []
-                    )
-                )
-            };
-        });
-        return;
-    }
-    let strips = n.div_ceil(NR);
-    let (x, ldx) = unaliased_rows(x, m, k);
-    let x: &[f32] = &x;
-    // Runs of a few strips (each ~30 us at 64 rows), eight per thread: on a shared host a
-    // descheduled thread then leaves little work behind it (two per thread measured a few %
-    // slower at 64 rows).
-    let per_task = strips.div_ceil(rayon::current_num_threads() * 8).max(1);
-    (0..strips.div_ceil(per_task))
-        .into_par_iter()
-        .for_each(|task| {
-            let o = optr;
-            let s0 = task * per_task;
-            let s1 = ((task + 1) * per_task).min(strips);
-            // SAFETY: kernels checked above; sizes asserted; this task alone writes columns
-            // s0*NR..min(s1*NR, n).
-            unsafe {
-                with_kernels!(
-                    isa,
-                    strips_prepacked(x, ldx, wp, bias, o.0, m, k, n, s0, s1)
-                )
-            };
-        });
+    strip_products(isa, plan(isa), x, Source::Prepacked(wp), bias, out, m, k, n);
 }
 
 /// `out[M, N] = x[M, K] @ w[N, K]^T`, all row-major and contiguous.
@@ -537,7 +642,20 @@ pub fn matmul_nt_with(
     check_args(isa, "matmul_nt", x, w, n * k, None, out, m, k, n);
     if m >= PACK_MIN_ROWS {
         if isa == Isa::Avx512 {
-            packed(isa, x, w, true, None, out, m, k, n);
+            // The head keeps the panel driver: with `blocked`'s shallow depth blocks its
+            // partial sums (4 x 1024 x 50257 bytes at T = 1024) would go through DRAM once per
+            // block (measured on Zen 3: 113-131 against the dot tiles' 145-149 GFLOP/s).
+            strip_products(
+                isa,
+                plan(isa),
+                x,
+                Source::Plain { w, nt: true },
+                None,
+                out,
+                m,
+                k,
+                n,
+            );
         } else {
             // AVX2's 3 x 4 dot tiles beat the packed path's transposing copy at every row count
             // measured (Zen 4 without AVX-512, 128 and 256 rows, three rounds: 117-128 against
@@ -589,49 +707,7 @@ pub fn matmul_strips_with(
     }
     assert_eq!(w.len(), w.expected_len(k, n), "matmul_strips: weight size");
     check_args(isa, "matmul_strips", x, &[], 0, bias, out, m, k, n);
-    let optr = SendPtr(out.as_mut_ptr());
-    if m >= PACK_MIN_ROWS {
-        (0..n.div_ceil(NC)).into_par_iter().for_each_init(
-            || vec![0f32; KC_PACK * NC],
-            |buf, panel| {
-                let o = optr;
-                let c0 = panel * NC;
-                // SAFETY: as in `packed`.
-                unsafe {
-                    with_kernels!(
-                        isa,
-                        panel(
-                            x,
-                            Source::Decoded(w),
-                            bias,
-                            o.0,
-                            m,
-                            k,
-                            n,
-                            c0,
-                            NC.min(n - c0),
-                            buf
-                        )
-                    )
-                };
-            },
-        );
-        return;
-    }
-    let (x, ldx) = unaliased_rows(x, m, k);
-    let x: &[f32] = &x;
-    // One strip per task: decoding it (K x 32) is the task's only memory traffic, and the
-    // buffer (96-384 KiB for GPT-2) stays in L2 while every row block runs over it.
-    (0..n.div_ceil(NR)).into_par_iter().for_each_init(
-        || vec![0f32; k * NR],
-        |buf, s| {
-            let o = optr;
-            w.decode(s, k, 0, k, buf);
-            // SAFETY: kernels checked above; `buf` holds the strip's K x 32 weights; this task
-            // alone writes columns s*NR..min((s+1)*NR, n).
-            unsafe { with_kernels!(isa, strip_rows(x, ldx, buf.as_ptr(), bias, o.0, m, k, n, s)) };
-        },
-    );
+    strip_products(isa, plan(isa), x, Source::Decoded(w), bias, out, m, k, n);
 }
 
 /// [`matmul_nt_with`] for head rows in any [`crate::cpu_quant`] format: blocks of vocabulary
@@ -747,6 +823,7 @@ trait Kernels {
 #[cfg(target_arch = "x86_64")]
 mod drivers {
     use super::{Kernels, Source, KC_PACK, NC, NR};
+    use crate::cpu_caches::Blocking;
     use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
 
     /// Strips `s0..s1` of `x @ w` for pre-packed `w`, all `m` rows: each register block runs
@@ -963,6 +1040,125 @@ mod drivers {
                 r += rows;
             }
             kb += kc;
+        }
+    }
+
+    /// Strips `s0..s1` of the product, all `m` rows, in BLIS's loop order with `b`'s blocks:
+    /// per chunk of `b.strips` strips and block of `b.kc` weight rows, the chunk's weights are
+    /// made contiguous per strip (in place when pre-packed, else copied into `wbuf`); per block
+    /// of `b.mc` activation rows, their `kc`-deep slice is copied into `abuf` (rows a cache line
+    /// multiple apart, never a multiple of 4 KiB: no L1 set aliasing between the register
+    /// block's rows, whatever `K`); then each strip's `kc x 32` weights, in L1, meet every
+    /// register block of those rows. The partial sums go through `out` between depth blocks.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn blocked<K: Kernels>(
+        x: &[f32],
+        src: Source<'_>,
+        bias: Option<&[f32]>,
+        out: *mut f32,
+        m: usize,
+        k: usize,
+        n: usize,
+        s0: usize,
+        s1: usize,
+        b: Blocking,
+        wbuf: &mut Vec<f32>,
+        abuf: &mut Vec<f32>,
+    ) {
+        debug_assert!(b.kc.is_multiple_of(32) && b.mc >= 1 && b.strips >= 1);
+        let lda = {
+            let l = b.kc.next_multiple_of(16);
+            if l.is_multiple_of(1024) {
+                l + 16
+            } else {
+                l
+            }
+        };
+        // Blocks of equal size (register blocks whole but the last): 1024 rows in blocks of at
+        // most 510 are 342 + 342 + 340, not 510 + 510 + 4, whose last pass over every strip
+        // would do 4 rows' work.
+        let mc_max = m.div_ceil(m.div_ceil(b.mc)).next_multiple_of(K::MR).min(m);
+        if abuf.len() < mc_max * lda {
+            abuf.resize(mc_max * lda, 0.0);
+        }
+        let chunk = b.strips.min(s1 - s0);
+        if !matches!(src, Source::Prepacked(_)) && wbuf.len() < chunk * b.kc * NR {
+            wbuf.resize(chunk * b.kc * NR, 0.0);
+        }
+        let mut j0 = s0;
+        while j0 < s1 {
+            let j1 = (j0 + b.strips).min(s1);
+            let mut kb = 0;
+            while kb < k {
+                let kc = b.kc.min(k - kb);
+                match src {
+                    Source::Prepacked(_) => {}
+                    Source::Decoded(ws) => {
+                        for j in j0..j1 {
+                            ws.decode(j, k, kb, kc, &mut wbuf[(j - j0) * kc * NR..][..kc * NR]);
+                        }
+                    }
+                    Source::Plain { w, nt: false } => {
+                        for j in j0..j1 {
+                            let (c0, cols) = (j * NR, NR.min(n - j * NR));
+                            let dst = wbuf.as_mut_ptr().add((j - j0) * kc * NR);
+                            for kk in 0..kc {
+                                std::ptr::copy_nonoverlapping(
+                                    w.as_ptr().add((kb + kk) * n + c0),
+                                    dst.add(kk * NR),
+                                    cols,
+                                );
+                            }
+                        }
+                    }
+                    Source::Plain { nt: true, .. } => {
+                        unreachable!("the head runs the panel driver or the dot tiles")
+                    }
+                }
+                let strip_w = |j: usize| -> *const f32 {
+                    match src {
+                        Source::Prepacked(wp) => wp.as_ptr().add(j * k * NR + kb * NR),
+                        _ => wbuf.as_ptr().add((j - j0) * kc * NR),
+                    }
+                };
+                let mut i0 = 0;
+                while i0 < m {
+                    let mc = mc_max.min(m - i0);
+                    for r in 0..mc {
+                        std::ptr::copy_nonoverlapping(
+                            x.as_ptr().add((i0 + r) * k + kb),
+                            abuf.as_mut_ptr().add(r * lda),
+                            kc,
+                        );
+                    }
+                    for j in j0..j1 {
+                        let (c0, cols) = (j * NR, NR.min(n - j * NR));
+                        let wp = strip_w(j);
+                        let bj = bias.map(|b| b.as_ptr().add(c0));
+                        let mut r = 0;
+                        while r < mc {
+                            let rows = K::MR.min(mc - r);
+                            K::micro(
+                                rows,
+                                abuf.as_ptr().add(r * lda),
+                                lda,
+                                wp,
+                                NR,
+                                out.add((i0 + r) * n + c0),
+                                n,
+                                kc,
+                                kb > 0,
+                                bj,
+                                cols,
+                            );
+                            r += rows;
+                        }
+                    }
+                    i0 += mc;
+                }
+                kb += kc;
+            }
+            j0 = j1;
         }
     }
 
@@ -1735,6 +1931,97 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Both drivers, on every weight source and with blockings small enough that every loop of
+    /// the blocked driver runs several times (chunks of strips, depth blocks, row blocks with a
+    /// ragged last one), give bitwise the same outputs: each is the same chain of fused
+    /// multiply-adds along `K`. The panel driver's results are checked against the reference
+    /// by the tests above, so this also checks the blocked one against it.
+    #[test]
+    fn drivers_agree_bitwise_on_every_source_and_blocking() {
+        use crate::cpu_caches::Blocking;
+        use crate::cpu_quant::{strips_to_bf16, strips_to_int8, Strips};
+        for isa in kernel_isas() {
+            let mr = if isa == Isa::Avx512 {
+                MR_AVX512
+            } else {
+                MR_AVX2
+            };
+            let blockings = [
+                Blocking {
+                    kc: 32,
+                    mc: mr,
+                    strips: 1,
+                },
+                Blocking {
+                    kc: 64,
+                    mc: 3 * mr,
+                    strips: 2,
+                },
+                blocking(isa),
+            ];
+            let panel = Plan {
+                driver: Driver::Panel,
+                blocking: blocking(isa),
+            };
+            let mut seed = 21;
+            for &(m, k, n) in &[
+                (5, 100, 45),
+                (128, 64, 40),
+                (130, 160, 70),
+                (200, 1024, 33),
+                (301, 96, 97),
+            ] {
+                let x = rand_vec(m * k, &mut seed);
+                let w = rand_vec(k * n, &mut seed);
+                let b = rand_vec(n, &mut seed);
+                let p = pack_nn(&w, k, n);
+                let (pb, pq) = (strips_to_bf16(&p, k, n), strips_to_int8(&p, k, n));
+                let sources = [
+                    ("plain", Source::Plain { w: &w, nt: false }),
+                    ("prepacked", Source::Prepacked(&p)),
+                    ("bf16", Source::Decoded(Strips::Bf16(&pb))),
+                    ("int8", Source::Decoded(Strips::Int8(&pq))),
+                ];
+                for (what, src) in sources {
+                    for bias in [None, Some(&b[..])] {
+                        let mut want = vec![f32::NAN; m * n];
+                        strip_products(isa, panel, &x, src, bias, &mut want, m, k, n);
+                        assert!(want.iter().all(|v| v.is_finite()), "{isa:?} {what} panel");
+                        for blocking in blockings {
+                            let plan = Plan {
+                                driver: Driver::Blocked,
+                                blocking,
+                            };
+                            let mut got = vec![f32::NAN; m * n];
+                            strip_products(isa, plan, &x, src, bias, &mut got, m, k, n);
+                            let same = got
+                                .iter()
+                                .zip(&want)
+                                .all(|(a, b)| a.to_bits() == b.to_bits());
+                            assert!(
+                                same,
+                                "{isa:?} {what} {m}x{k}x{n} bias={} {blocking:?}",
+                                bias.is_some()
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_loops_follow_the_switch() {
+        let want = match std::env::var(GEMM_ENV).as_deref() {
+            Ok("blocked") => Driver::Blocked,
+            Ok("panel") => Driver::Panel,
+            _ => Driver::Panel,
+        };
+        assert_eq!(driver(), want);
+        assert_eq!(plan(Isa::Avx2).driver, want);
+        assert_eq!(plan(Isa::Avx2).blocking, blocking(Isa::Avx2));
     }
 
     /// The head in bf16 / int8: the dot tiles on decoded blocks of vocabulary rows give the f32

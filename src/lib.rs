@@ -16,6 +16,7 @@ mod backend;
 pub mod bench;
 pub mod config;
 pub mod cpu_bf16;
+pub mod cpu_caches;
 pub mod cpu_gemm;
 pub mod cpu_gemv;
 pub mod cpu_int8;

@@ -3,11 +3,13 @@
 //! `avx512`. A test binary of its own: the switch is read once per process, so nothing may touch
 //! the kernels before the variable is set. Run with the variable set it checks that value (CI
 //! runs it under `generic` and `avx2`, with `tests/parity.rs` and `tests/decode.rs` checking the
-//! same path against the golden logits); unset, it forces `generic`.
+//! same path against the golden logits); unset, it forces `generic`. `DIFFUGPT_CPU_GEMM`
+//! (`panel`, `blocked`) likewise forces the loops of the many-row products; CI runs this test,
+//! the parity and decoding tests under each with the widest kernels.
 
 use std::path::PathBuf;
 
-use diffugpt::cpu_gemm::{isa, Isa, KERNELS_ENV};
+use diffugpt::cpu_gemm::{driver, isa, Driver, Isa, GEMM_ENV, KERNELS_ENV};
 use diffugpt::{AttnMask, LoadOptions, Model};
 
 #[test]
@@ -30,7 +32,12 @@ fn the_switch_forces_its_path() {
         want,
         "asked for {asked:?} on a CPU whose best is {best:?}"
     );
-    eprintln!("kernels: {}", isa().name());
+    match std::env::var(GEMM_ENV).as_deref() {
+        Ok("panel") => assert_eq!(driver(), Driver::Panel),
+        Ok("blocked") => assert_eq!(driver(), Driver::Blocked),
+        _ => {}
+    }
+    eprintln!("kernels: {}, loops: {}", isa().name(), driver().name());
 
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-diffugpt");
     let m = Model::load(&dir, LoadOptions::default()).unwrap();
@@ -40,11 +47,16 @@ fn the_switch_forces_its_path() {
         "weights are packed exactly when kernels of our own run"
     );
     // The forced path against candle's plain ops (tolerance as tests/parity.rs: 1e-5 of the
-    // largest logit), on a canvas long enough for every kernel (>= MIN_ROWS rows).
-    let ids: Vec<u32> = (0..40u32).map(|i| (i * 7919) % 50257).collect();
+    // largest logit), on canvases long enough for every kernel (>= MIN_ROWS rows) and for the
+    // many-row loops (>= 128 rows).
     let mut reference = m.gpt.clone();
     reference.reference_ops = true;
-    for mask in [AttnMask::Bidirectional, AttnMask::Causal] {
+    for (len, mask) in [
+        (40u32, AttnMask::Bidirectional),
+        (40, AttnMask::Causal),
+        (150, AttnMask::Bidirectional),
+    ] {
+        let ids: Vec<u32> = (0..len).map(|i| (i * 7919) % 50257).collect();
         let got: Vec<f32> = m
             .gpt
             .forward_logits(&ids, &mask)
@@ -68,7 +80,7 @@ fn the_switch_forces_its_path() {
             .fold(0f32, f32::max);
         assert!(
             err <= 1e-5 * scale,
-            "{mask:?}: max err {err} (scale {scale})"
+            "{len} rows {mask:?}: max err {err} (scale {scale})"
         );
     }
 }
