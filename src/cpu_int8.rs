@@ -417,9 +417,21 @@ unsafe fn strips_q8(
         Int8Kernel::Vnni => Vec::new(),
     };
     let optr = SendPtr(out);
-    // A strip's int8 blocks (27-108 KiB for GPT-2) stay in L1/L2 while every row block runs
-    // over all of `K` against them; the quantised rows stream from L2.
-    (0..strips).into_par_iter().for_each(|s| {
+    // Many rows: groups of rows whose quantised bytes (`k`, and `|x|` on AVX2) take half of L2,
+    // each group against every strip, so that the rows come from L2 for all strips instead of
+    // from L3 for each (at 1024 rows, 1.5-6 MiB of them per strip). Rayon hands each thread
+    // contiguous runs of (group, strip) tasks, so each core keeps its own group in its L2.
+    let row_bytes = k * if kern == Int8Kernel::Avx2 { 2 } else { 1 };
+    let group = if m <= KB_MAX_ROWS {
+        m.max(1)
+    } else {
+        let l2 = crate::cpu_caches::Caches::detected().l2;
+        (l2 / 2 / row_bytes.max(1) / MR * MR).clamp(MR, m)
+    };
+    let groups = m.div_ceil(group).max(1);
+    (0..groups * strips).into_par_iter().for_each(|task| {
+        let (g, s) = (task / strips, task % strips);
+        let (r_lo, r_hi) = (g * group, ((g + 1) * group).min(m));
         let o = optr;
         let n0 = s * NR;
         let cols = NR.min(n - n0);
@@ -436,9 +448,9 @@ unsafe fn strips_q8(
         // At least one run, so that even K = 0 writes every output (the bias or zero).
         loop {
             let nb = kb.min(blocks - b0);
-            let mut r = 0;
-            while r < m {
-                let rows = MR.min(m - r);
+            let mut r = r_lo;
+            while r < r_hi {
+                let rows = MR.min(r_hi - r);
                 let start = if b0 == 0 {
                     Start::Bias(bias.map(|b| b.as_ptr().add(n0)))
                 } else {
@@ -990,6 +1002,9 @@ mod tests {
                 (3, 64, 60),
                 (200, 768, 40),
                 (2, 0, 20),
+                // Many rows: several groups of rows (L2 / 2 of quantised rows each) on any
+                // CPU with up to 2 MiB of L2, the last group ragged.
+                (1501, 768, 40),
             ];
             for &(m, k, n) in &shapes {
                 for with_bias in [false, true] {
