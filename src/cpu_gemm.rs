@@ -286,6 +286,16 @@ fn strip_products(
     k: usize,
     n: usize,
 ) {
+    if k == 0 {
+        // No depth, no loop iterations: the bias (or zero) is the whole result.
+        for row in out.chunks_exact_mut(n.max(1)) {
+            match bias {
+                Some(b) => row.copy_from_slice(b),
+                None => row.fill(0.0),
+            }
+        }
+        return;
+    }
     let optr = SendPtr(out.as_mut_ptr());
     let strips = n.div_ceil(NR);
     let head = matches!(src, Source::Plain { nt: true, .. });
@@ -514,6 +524,56 @@ pub fn matmul_nn_serial_with(
     unsafe { with_kernels!(isa, columns_nn(x, w, None, out.as_mut_ptr(), m, k, n, 0, n)) };
 }
 
+/// [`matmul_prepacked`] on the calling thread only, no bias, every register block over all of
+/// `K` against its strip (for deep products with few columns inside work that is already
+/// parallel: attention's `P @ v`). Bitwise the result of [`matmul_nn_serial`] on the unpacked
+/// weights: the same chain of FMAs per output, without the partial sums' trips through memory.
+///
+/// # Panics
+/// As [`matmul_prepacked`].
+pub fn matmul_prepacked_serial(
+    x: &[f32],
+    wp: &[f32],
+    out: &mut [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) {
+    matmul_prepacked_serial_with(isa(), x, wp, out, m, k, n)
+}
+
+/// [`matmul_prepacked_serial`] with the kernels of `isa`.
+pub fn matmul_prepacked_serial_with(
+    isa: Isa,
+    x: &[f32],
+    wp: &[f32],
+    out: &mut [f32],
+    m: usize,
+    k: usize,
+    n: usize,
+) {
+    check_args(
+        isa,
+        "matmul_prepacked_serial",
+        x,
+        wp,
+        packed_len(k, n),
+        None,
+        out,
+        m,
+        k,
+        n,
+    );
+    let strips = n.div_ceil(NR);
+    // SAFETY: kernels checked; sizes asserted; `out` is exclusively borrowed.
+    unsafe {
+        with_kernels!(
+            isa,
+            strips_prepacked(x, k, wp, None, out.as_mut_ptr(), m, k, n, 0, strips)
+        )
+    };
+}
+
 /// Columns per strip of the pre-packed layout ([`pack_nn`]). (Crate-private: cbindgen.)
 pub(crate) const STRIP: usize = NR;
 
@@ -659,9 +719,9 @@ pub fn matmul_nt_with(
         } else {
             // AVX2's 3 x 4 dot tiles beat the packed path's transposing copy at every row count
             // measured (Zen 4 without AVX-512, 128 and 256 rows, three rounds: 117-128 against
-            // 87-109 GFLOP/s): run them on chunks of NT_CHUNK rows, whose activations stay in L2.
-            const NT_CHUNK: usize = 64;
-            for (xc, oc) in x.chunks(NT_CHUNK * k).zip(out.chunks_mut(NT_CHUNK * n)) {
+            // 87-109 GFLOP/s): run them on chunks of rows whose activations stay in L2.
+            let chunk = nt_chunk_rows(m, k);
+            for (xc, oc) in x.chunks(chunk * k).zip(out.chunks_mut(chunk * n)) {
                 matmul_nt_with(isa, xc, w, oc, xc.len() / k, k, n);
             }
         }
@@ -710,6 +770,21 @@ pub fn matmul_strips_with(
     strip_products(isa, plan(isa), x, Source::Decoded(w), bias, out, m, k, n);
 }
 
+/// Activation rows per chunk of the head's dot tiles on `m` rows: chunks of equal size (whole
+/// 3-row tiles) no larger than what takes half of L2 (and below `PACK_MIN_ROWS`, so that each
+/// chunk runs the tiles). Every chunk streams the whole head (154 MB for GPT-2) from memory once,
+/// so fewer, larger chunks stream it less often: on a Zen 3 (512 KiB L2, at most 84 rows) the head
+/// at 1024 rows took 448-524 ms (median 480) with 84-row chunks against 506-552 (median 540) with
+/// 64-row ones over alternating rounds of `kernel_rates`; equal sizes keep a last chunk of a few
+/// rows from streaming the whole head for them.
+fn nt_chunk_rows(m: usize, k: usize) -> usize {
+    let l2 = crate::cpu_caches::Caches::detected().l2;
+    let max = (l2 / 2 / (4 * k.max(1)) / 12 * 12).clamp(12, 120);
+    m.div_ceil(m.div_ceil(max).max(1))
+        .next_multiple_of(3)
+        .min(max + 2)
+}
+
 /// [`matmul_nt_with`] for head rows in any [`crate::cpu_quant`] format: blocks of vocabulary
 /// rows are decoded into an f32 buffer and the dot tiles run on it; from `PACK_MIN_ROWS` rows on,
 /// in chunks of 64 activation rows (each decodes the head once more, a few % of its products).
@@ -734,8 +809,8 @@ pub fn matmul_nt_rows_with(
     assert_eq!(w.len(), w.expected_len(k, n), "matmul_nt_rows: weight size");
     check_args(isa, "matmul_nt_rows", x, &[], 0, None, out, m, k, n);
     if m >= PACK_MIN_ROWS {
-        const NT_CHUNK: usize = 64;
-        for (xc, oc) in x.chunks(NT_CHUNK * k).zip(out.chunks_mut(NT_CHUNK * n)) {
+        let chunk = nt_chunk_rows(m, k);
+        for (xc, oc) in x.chunks(chunk * k).zip(out.chunks_mut(chunk * n)) {
             matmul_nt_rows_with(isa, xc, w, oc, xc.len() / k, k, n);
         }
         return;
@@ -1816,6 +1891,79 @@ mod tests {
                 matmul_nn_serial_with(isa, &x, &w, &mut out, m, k, n);
                 let want = reference(&x, &w, None, m, k, n, false);
                 check(&out, &want, k, &format!("{isa:?} serial nn {m}x{k}x{n}"));
+            }
+        }
+    }
+
+    #[test]
+    fn head_chunks_are_equal_and_run_the_tiles() {
+        for k in [64, 768, 1024, 4096] {
+            for m in [PACK_MIN_ROWS, 130, 256, 1000, 1024, 5000] {
+                let c = nt_chunk_rows(m, k);
+                assert!(c.is_multiple_of(3) && c < PACK_MIN_ROWS, "m {m} k {k}: {c}");
+                // Equal chunks: the last one is never less than half the others, unless there
+                // is only one or the sizes force it (a few rows of rounding).
+                let last = m - (m.div_ceil(c) - 1) * c;
+                assert!(
+                    last * 2 >= c || m.div_ceil(c) == 1 || last + 3 * m.div_ceil(c) >= c,
+                    "m {m} k {k}: {c} last {last}"
+                );
+            }
+        }
+        // 768-wide rows on a 512 KiB L2: at most 84 rows; 1024 rows in 13 chunks.
+        if crate::cpu_caches::Caches::detected().l2 == 512 << 10 {
+            assert_eq!(1024usize.div_ceil(nt_chunk_rows(1024, 768)), 13);
+        }
+    }
+
+    /// `K = 0`: every output is its bias (or zero), on every path and both loop orders.
+    #[test]
+    fn no_depth_gives_the_bias() {
+        for isa in kernel_isas() {
+            for driver in [Driver::Panel, Driver::Blocked] {
+                let plan = Plan {
+                    driver,
+                    blocking: blocking(isa),
+                };
+                for m in [5, 130] {
+                    let n = 45;
+                    let b: Vec<f32> = (0..n).map(|i| i as f32 - 7.0).collect();
+                    for src in [Source::Plain { w: &[], nt: false }, Source::Prepacked(&[])] {
+                        for bias in [None, Some(&b[..])] {
+                            let mut out = vec![f32::NAN; m * n];
+                            strip_products(isa, plan, &[], src, bias, &mut out, m, 0, n);
+                            for row in out.chunks_exact(n) {
+                                assert_eq!(
+                                    row,
+                                    bias.unwrap_or(&[0.0; 45]),
+                                    "{isa:?} {driver:?} {m}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The serial pre-packed product (attention's `P @ v`) adds the same chain as the serial
+    /// in-place one: bitwise equal, at every shape.
+    #[test]
+    fn serial_prepacked_equals_serial_nn_bitwise() {
+        for isa in kernel_isas() {
+            let mut seed = 4;
+            for &(m, k, n) in SHAPES.iter().chain(&[(48, 1040, 64), (7, 1024, 16)]) {
+                let x = rand_vec(m * k, &mut seed);
+                let w = rand_vec(k * n, &mut seed);
+                let mut want = vec![f32::NAN; m * n];
+                matmul_nn_serial_with(isa, &x, &w, &mut want, m, k, n);
+                let mut got = vec![f32::NAN; m * n];
+                matmul_prepacked_serial_with(isa, &x, &pack_nn(&w, k, n), &mut got, m, k, n);
+                let same = got
+                    .iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{isa:?} {m}x{k}x{n}");
             }
         }
     }

@@ -388,8 +388,8 @@ fn fused_attention_in_blocks(
         let base = src[bi * t * three_e..].as_ptr();
         if crate::cpu_gemm::available() {
             // Contiguous copies (t x d each) let the own kernels stream them: scores = q @ k^T
-            // with k^T laid out [d, t] (measured: the in-place kernel reaches ~95% of one
-            // core's FMA peak here, the packed NT path less).
+            // with k^T laid out [d, t] (the in-place NN kernels measured faster here than the
+            // head's NT dot tiles), in strips (below).
             // Scores rows `tp` apart (keys padded with zeros): with t = 1024 their rows would be
             // 4 KiB apart, so the register block's rows fall into the same L1 sets (4K
             // aliasing; measured: q @ k^T at 1024 x 64 x 1024 51.7 GFLOP/s on one Zen 3 core,
@@ -399,16 +399,28 @@ fn fused_attention_in_blocks(
             // Row r of part p (0 q, 1 k, 2 v) of this head: d contiguous floats.
             let seq = &src[bi * t * three_e..(bi + 1) * t * three_e];
             let part = |p: usize, r: usize| &seq[r * three_e + p * e + h * d..][..d];
+            // k^T ([d, tp]) straight into the strip layout of `cpu_gemm::pack_nn`: keys in
+            // strips of 32, each strip contiguous over the d depth rows, so that `q @ k^T` runs
+            // every register block over a contiguous 8 KiB strip (measured at 48 x 64 x 1040 on
+            // one Zen 3 core: 69-72 us against 82-93 us reading k^T's rows 4 KiB apart).
+            let strip = crate::cpu_gemm::STRIP;
             let mut q = vec![0f32; t * d];
             let mut v = vec![0f32; tp * d];
-            let mut kt = vec![0f32; d * tp];
+            let mut ktp = vec![0f32; crate::cpu_gemm::packed_len(d, tp)];
             for r in 0..t {
                 q[r * d..(r + 1) * d].copy_from_slice(part(0, r));
                 v[r * d..(r + 1) * d].copy_from_slice(part(2, r));
+                let base = (r / strip) * d * strip + r % strip;
                 for (c, &x) in part(1, r).iter().enumerate() {
-                    kt[c * tp + r] = x;
+                    ktp[base + c * strip] = x;
                 }
             }
+            // `v` as strips of 32 columns over all `tp` keys: `P @ v` is deep (t) and narrow
+            // (d = 64, two strips), and each register block then runs over all keys at once
+            // instead of 64-deep blocks whose partial sums go back to memory between them
+            // (bitwise the same sums; at 48 x 1040 x 64 on one Zen 3 core 70-72 us against
+            // 82-86 us).
+            let vp = crate::cpu_gemm::pack_nn(&v, tp, d);
             let mut o = vec![0f32; t * d];
             // A block of query rows at a time, so that its scores (`block x tp`) stay in L2
             // between the two products and the softmax; the whole `t x t` matrix (4 MiB at
@@ -420,12 +432,12 @@ fn fused_attention_in_blocks(
                 let rows = block.min(t - r0);
                 let s = &mut scores[..rows * tp];
                 let qb = &q[r0 * d..(r0 + rows) * d];
-                crate::cpu_gemm::matmul_nn_serial(qb, &kt, s, rows, d, tp);
+                crate::cpu_gemm::matmul_prepacked_serial(qb, &ktp, s, rows, d, tp);
                 for (i, row) in s.chunks_exact_mut(tp).enumerate() {
                     softmax_scores(&mut row[..t], r0 + i, causal, scale);
                 }
                 let ob = &mut o[r0 * d..(r0 + rows) * d];
-                crate::cpu_gemm::matmul_nn_serial(s, &v, ob, rows, tp, d);
+                crate::cpu_gemm::matmul_prepacked_serial(s, &vp, ob, rows, tp, d);
             }
             for (r, row) in o.chunks_exact(d).enumerate() {
                 // SAFETY: row r of this sequence, this head's d columns: inside `out`, written
