@@ -500,34 +500,10 @@ pub fn matmul_nn_with(
     strip_products(isa, plan(isa), x, src, bias, out, m, k, n);
 }
 
-/// [`matmul_nn`] on the calling thread only (for callers already parallel over other work,
-/// such as attention over heads); no bias.
-///
-/// # Panics
-/// As [`matmul_nn`].
-pub fn matmul_nn_serial(x: &[f32], w: &[f32], out: &mut [f32], m: usize, k: usize, n: usize) {
-    matmul_nn_serial_with(isa(), x, w, out, m, k, n)
-}
-
-/// [`matmul_nn_serial`] with the kernels of `isa`.
-pub fn matmul_nn_serial_with(
-    isa: Isa,
-    x: &[f32],
-    w: &[f32],
-    out: &mut [f32],
-    m: usize,
-    k: usize,
-    n: usize,
-) {
-    check_args(isa, "matmul_nn_serial", x, w, k * n, None, out, m, k, n);
-    // SAFETY: kernels checked; sizes asserted; `out` is exclusively borrowed.
-    unsafe { with_kernels!(isa, columns_nn(x, w, None, out.as_mut_ptr(), m, k, n, 0, n)) };
-}
-
 /// [`matmul_prepacked`] on the calling thread only, no bias, every register block over all of
 /// `K` against its strip (for deep products with few columns inside work that is already
-/// parallel: attention's `P @ v`). Bitwise the result of [`matmul_nn_serial`] on the unpacked
-/// weights: the same chain of FMAs per output, without the partial sums' trips through memory.
+/// parallel: attention's `q @ k^T` and `P @ v`). Bitwise the result of [`matmul_nn`] on the
+/// unpacked weights: the same chain of FMAs per output, without partial sums through memory.
 ///
 /// # Panics
 /// As [`matmul_prepacked`].
@@ -1881,16 +1857,21 @@ mod tests {
     }
 
     #[test]
-    fn serial_nn_matches_the_reference() {
+    fn serial_prepacked_matches_the_reference() {
         for isa in kernel_isas() {
             let mut seed = 3;
             for &(m, k, n) in SHAPES {
                 let x = rand_vec(m * k, &mut seed);
                 let w = rand_vec(k * n, &mut seed);
                 let mut out = vec![f32::NAN; m * n];
-                matmul_nn_serial_with(isa, &x, &w, &mut out, m, k, n);
+                matmul_prepacked_serial_with(isa, &x, &pack_nn(&w, k, n), &mut out, m, k, n);
                 let want = reference(&x, &w, None, m, k, n, false);
-                check(&out, &want, k, &format!("{isa:?} serial nn {m}x{k}x{n}"));
+                check(
+                    &out,
+                    &want,
+                    k,
+                    &format!("{isa:?} serial prepacked {m}x{k}x{n}"),
+                );
             }
         }
     }
@@ -1946,17 +1927,17 @@ mod tests {
         }
     }
 
-    /// The serial pre-packed product (attention's `P @ v`) adds the same chain as the serial
-    /// in-place one: bitwise equal, at every shape.
+    /// The serial pre-packed product (attention's) adds the same chain as the in-place one:
+    /// bitwise equal, at every shape.
     #[test]
-    fn serial_prepacked_equals_serial_nn_bitwise() {
+    fn serial_prepacked_equals_nn_bitwise() {
         for isa in kernel_isas() {
             let mut seed = 4;
             for &(m, k, n) in SHAPES.iter().chain(&[(48, 1040, 64), (7, 1024, 16)]) {
                 let x = rand_vec(m * k, &mut seed);
                 let w = rand_vec(k * n, &mut seed);
                 let mut want = vec![f32::NAN; m * n];
-                matmul_nn_serial_with(isa, &x, &w, &mut want, m, k, n);
+                matmul_nn_with(isa, &x, &w, None, &mut want, m, k, n);
                 let mut got = vec![f32::NAN; m * n];
                 matmul_prepacked_serial_with(isa, &x, &pack_nn(&w, k, n), &mut got, m, k, n);
                 let same = got

@@ -404,23 +404,25 @@ fn fused_attention_in_blocks(
             // every register block over a contiguous 8 KiB strip (measured at 48 x 64 x 1040 on
             // one Zen 3 core: 69-72 us against 82-93 us reading k^T's rows 4 KiB apart).
             let strip = crate::cpu_gemm::STRIP;
+            // `v` likewise as strips of 32 columns over all `tp` keys (padded keys: zero rows):
+            // `P @ v` is deep (t) and narrow (d = 64, two strips), and each register block then
+            // runs over all keys at once instead of 64-deep blocks whose partial sums go back to
+            // memory between them (bitwise the same sums; at 48 x 1040 x 64 on one Zen 3 core
+            // 70-72 us against 82-86 us).
             let mut q = vec![0f32; t * d];
-            let mut v = vec![0f32; tp * d];
             let mut ktp = vec![0f32; crate::cpu_gemm::packed_len(d, tp)];
+            let mut vp = vec![0f32; crate::cpu_gemm::packed_len(tp, d)];
             for r in 0..t {
                 q[r * d..(r + 1) * d].copy_from_slice(part(0, r));
-                v[r * d..(r + 1) * d].copy_from_slice(part(2, r));
                 let base = (r / strip) * d * strip + r % strip;
                 for (c, &x) in part(1, r).iter().enumerate() {
                     ktp[base + c * strip] = x;
                 }
+                for (c0, vs) in (0..d).step_by(strip).zip(part(2, r).chunks(strip)) {
+                    let at = (c0 / strip) * tp * strip + r * strip;
+                    vp[at..at + vs.len()].copy_from_slice(vs);
+                }
             }
-            // `v` as strips of 32 columns over all `tp` keys: `P @ v` is deep (t) and narrow
-            // (d = 64, two strips), and each register block then runs over all keys at once
-            // instead of 64-deep blocks whose partial sums go back to memory between them
-            // (bitwise the same sums; at 48 x 1040 x 64 on one Zen 3 core 70-72 us against
-            // 82-86 us).
-            let vp = crate::cpu_gemm::pack_nn(&v, tp, d);
             let mut o = vec![0f32; t * d];
             // A block of query rows at a time, so that its scores (`block x tp`) stay in L2
             // between the two products and the softmax; the whole `t x t` matrix (4 MiB at
