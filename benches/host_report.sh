@@ -7,13 +7,15 @@
 # a CPU not measured before (an Intel Xeon with AVX-512 is rare here): run it while nothing else
 # holds the cores, then read the file.
 # Usage: benches/host_report.sh [OUT.md] [PYTHON_WITH_TORCH]
-#   ROUNDS=6 (A/B rounds), REPS=3; about 10-15 minutes on 2 cores with PyTorch.
+#   ROUNDS=6 (A/B rounds), PT_ROUNDS=3 (alternating rounds against PyTorch), REPS=3; about
+#   15-20 minutes on 2 cores with PyTorch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-/tmp/host_report.md}
 py=${2:-}
 rounds=${ROUNDS:-6}
 reps=${REPS:-3}
+pt_rounds=${PT_ROUNDS:-3}
 cargo build --release --quiet --bin diffugpt --example kernel_rates --example register_blocks
 bin=target/release/diffugpt
 {
@@ -45,8 +47,8 @@ bin=target/release/diffugpt
     benches/ab.sh "DIFFUGPT_CPU_GEMM=panel $bin" "DIFFUGPT_CPU_GEMM=blocked $bin" "$rounds" 64,256,1024 "$reps"
     if [ -n "$py" ]; then
         echo
-        echo "## Against PyTorch ($py)"
-        benches/compare_pytorch.sh "$py" 64,1024 "$reps" "" f32,bf16,int8
+        echo "## Against PyTorch ($py), $pt_rounds alternating rounds"
+        ROUNDS=$pt_rounds benches/compare_pytorch.sh "$py" 64,1024 "$reps" "" f32,bf16,int8
     fi
 } 2>&1 | tee "$out"
 echo "written: $out"
