@@ -11,6 +11,7 @@ use crate::config::{ModelConfig, SpecialIdOverrides, SpecialIds};
 use crate::cpu_quant::WeightFormat;
 use crate::decode::{GenerateParams, LengthMode, Session, Steps, Strategy};
 use crate::error::Result;
+use crate::forward_profile::{self, Profile};
 use crate::length::LengthPredictor;
 use crate::model::{AttnMask, Gpt2, KvCache};
 use crate::sampler::ConfidenceKind;
@@ -387,6 +388,45 @@ pub fn bench_forward(model: &Gpt2, lens: &[usize], reps: usize) -> Result<Vec<Be
         rows.push(row);
     }
     Ok(rows)
+}
+
+/// Where the forward at `t` positions spends its time, op by op: the mean of `reps` profiled
+/// forwards after one warm-up ([`crate::forward_profile`]; times and call counts per forward).
+/// Run apart from [`bench_forward`], so that its rows carry no profiling.
+pub fn profile_forward(model: &Gpt2, t: usize, reps: usize) -> Result<Profile> {
+    forward_once(model, t, t)?;
+    let reps = reps.max(1);
+    let mut sum: Option<Profile> = None;
+    for _ in 0..reps {
+        let (r, p) = forward_profile::measure(|| forward_once(model, t, t));
+        r?;
+        sum = Some(match sum {
+            None => p,
+            Some(mut s) => {
+                s.total_ms += p.total_ms;
+                for o in p.ops {
+                    match s.ops.iter_mut().find(|x| x.op == o.op) {
+                        Some(x) => {
+                            x.ms += o.ms;
+                            x.calls += o.calls;
+                        }
+                        None => s.ops.push(o),
+                    }
+                }
+                s
+            }
+        });
+    }
+    let mut p = sum.unwrap_or(Profile {
+        ops: Vec::new(),
+        total_ms: 0.0,
+    });
+    p.total_ms /= reps as f64;
+    for o in &mut p.ops {
+        o.ms /= reps as f64;
+        o.calls /= reps as u64;
+    }
+    Ok(p)
 }
 
 /// Autoregressive decoding with a KV cache, as the ARM path runs it: a causal prefill of

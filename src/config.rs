@@ -127,11 +127,31 @@ impl ModelConfig {
     /// GELU (a few operations per activation, under 1% at GPT-2-small sizes) are left out, so
     /// `flops / time` is the rate of the matrix arithmetic the CPU must sustain.
     pub fn forward_flops(&self, t: usize, logit_rows: usize) -> f64 {
+        use crate::forward_profile::Op;
+        let layers: f64 = Op::all()
+            .into_iter()
+            .filter(|&op| op != Op::Head)
+            .map(|op| self.op_flops(op, t, logit_rows))
+            .sum();
+        layers + self.op_flops(Op::Head, t, logit_rows)
+    }
+
+    /// The part of [`ModelConfig::forward_flops`] that `op` does, all layers together (0 for
+    /// the ops without matrix arithmetic): what `diffugpt bench --profile` divides by each op's
+    /// time.
+    pub fn op_flops(&self, op: crate::forward_profile::Op, t: usize, logit_rows: usize) -> f64 {
+        use crate::forward_profile::Op;
         let (e, i, l) = (self.n_embd as f64, self.n_inner as f64, self.n_layer as f64);
         let (t, v, r) = (t as f64, self.vocab_size as f64, logit_rows as f64);
-        let projections = 2.0 * t * (3.0 * e * e + e * e + 2.0 * e * i);
-        let attention = 2.0 * 2.0 * t * t * e;
-        l * (projections + attention) + 2.0 * r * e * v
+        match op {
+            Op::Qkv => l * 2.0 * t * e * 3.0 * e,
+            Op::AttnProj => l * 2.0 * t * e * e,
+            Op::MlpUp | Op::MlpDown => l * 2.0 * t * e * i,
+            // q k^T and P v over every (query, key) pair.
+            Op::Attention => l * 2.0 * 2.0 * t * t * e,
+            Op::Head => 2.0 * r * e * v,
+            Op::Embed | Op::LayerNorm | Op::Residual => 0.0,
+        }
     }
 
     /// Checks that the numbers describe a model we can build.
@@ -328,6 +348,25 @@ impl SpecialIds {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The per-op split adds up to the whole, and the whole is the documented formula (GPT-2
+    /// small: 15.96 GFLOP at T = 64, 291.6 at T = 1024).
+    #[test]
+    fn op_flops_add_up_to_the_forward() {
+        use crate::forward_profile::Op;
+        let c = ModelConfig::gpt2_small();
+        for (t, r) in [(64usize, 64usize), (1024, 1024), (100, 7), (5, 0)] {
+            let (e, i, l, v) = (768f64, 3072f64, 12f64, 50257f64);
+            let (tf, rf) = (t as f64, r as f64);
+            let want =
+                l * (2.0 * tf * (4.0 * e * e + 2.0 * e * i) + 4.0 * tf * tf * e) + 2.0 * rf * e * v;
+            assert_eq!(c.forward_flops(t, r), want);
+            let sum: f64 = Op::all().into_iter().map(|op| c.op_flops(op, t, r)).sum();
+            assert!((sum - want).abs() <= want * 1e-12);
+        }
+        assert_eq!(c.forward_flops(64, 64), 15_963_095_040.0);
+        assert_eq!(c.op_flops(Op::LayerNorm, 64, 64), 0.0);
+    }
 
     #[test]
     fn forward_flops_of_gpt2_small() {

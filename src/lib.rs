@@ -28,6 +28,7 @@ pub mod decode;
 pub mod error;
 #[allow(non_camel_case_types)]
 pub mod ffi;
+pub mod forward_profile;
 pub mod length;
 pub mod model;
 pub mod rng;

@@ -15,6 +15,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::config::{Activation, ModelConfig, SpecialIds};
 use crate::error::{Error, Result};
+use crate::forward_profile::{self as profile, Op};
 
 /// LayerNorm parameters.
 #[derive(Clone, Debug)]
@@ -109,10 +110,12 @@ impl Gpt2 {
 
     fn layer_norm(&self, x: &Tensor, ln: &LayerNorm) -> Result<Tensor> {
         let eps = self.cfg.layer_norm_eps as f32;
-        Ok(if self.differentiable {
-            candle_nn::ops::layer_norm_slow(x, &ln.weight, &ln.bias, eps)?
-        } else {
-            candle_nn::ops::layer_norm(x, &ln.weight, &ln.bias, eps)?
+        profile::time(Op::LayerNorm, || {
+            Ok(if self.differentiable {
+                candle_nn::ops::layer_norm_slow(x, &ln.weight, &ln.bias, eps)?
+            } else {
+                candle_nn::ops::layer_norm(x, &ln.weight, &ln.bias, eps)?
+            })
         })
     }
 
@@ -171,16 +174,18 @@ impl Gpt2 {
             )));
         }
         let e = self.cfg.n_embd;
-        let tok = if self.wte.dtype() == self.wpe.dtype() {
-            self.wte.index_select(&ids.flatten_all()?, 0)?
-        } else {
-            // bf16 / int8 embedding ([`Gpt2::pack_for_cpu_as`]): decode the looked-up rows.
-            let ids = ids.flatten_all()?.to_vec1::<u32>()?;
-            crate::cpu_kernels::embed_rows(&self.wte, &ids, e)?
-        }
-        .reshape((b, t, e))?;
-        let pos = self.wpe.narrow(0, pos_offset, t)?;
-        let mut x = tok.broadcast_add(&pos)?;
+        let mut x = profile::time(Op::Embed, || -> Result<Tensor> {
+            let tok = if self.wte.dtype() == self.wpe.dtype() {
+                self.wte.index_select(&ids.flatten_all()?, 0)?
+            } else {
+                // bf16 / int8 embedding ([`Gpt2::pack_for_cpu_as`]): decode the looked-up rows.
+                let ids = ids.flatten_all()?.to_vec1::<u32>()?;
+                crate::cpu_kernels::embed_rows(&self.wte, &ids, e)?
+            }
+            .reshape((b, t, e))?;
+            let pos = self.wpe.narrow(0, pos_offset, t)?;
+            Ok(tok.broadcast_add(&pos)?)
+        })?;
         let causal_bias = match mask {
             AttnMask::Causal if t > 1 => Some(causal_bias(t, pos_offset, x.device())?),
             _ => None,
@@ -204,17 +209,33 @@ impl Gpt2 {
         cache: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> Result<Tensor> {
         let (b, t, e) = x.dims3()?;
-        let (nh, hd) = (self.cfg.n_head, self.cfg.head_dim());
         let h = self.layer_norm(x, &blk.ln_1)?.reshape((b * t, e))?;
-        let qkv = self.linear(&h, &blk.c_attn_w, &blk.c_attn_b)?;
+        let qkv = profile::time(Op::Qkv, || self.linear(&h, &blk.c_attn_w, &blk.c_attn_b))?;
+        let y = profile::time(Op::Attention, || {
+            self.attention(&qkv, b, t, mask, causal_bias, cache)
+        })?;
+        self.block_tail(blk, x, &y)
+    }
+
+    /// Attention over `qkv` `[b * t, 3 * e]`: `[b * t, e]`, before the output projection.
+    fn attention(
+        &self,
+        qkv: &Tensor,
+        b: usize,
+        t: usize,
+        mask: &AttnMask,
+        causal_bias: Option<&Tensor>,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> Result<Tensor> {
+        let e = self.cfg.n_embd;
+        let (nh, hd) = (self.cfg.n_head, self.cfg.head_dim());
         let fused_mask = match mask {
             AttnMask::Bidirectional => Some(false),
             AttnMask::Causal => Some(true),
             AttnMask::Bias(_) => None,
         };
         if let (true, None, Some(causal)) = (self.fast_cpu(), &cache, fused_mask) {
-            let y = crate::cpu_kernels::fused_attention(&qkv, b, t, nh, causal)?;
-            return self.block_tail(blk, x, &y);
+            return crate::cpu_kernels::fused_attention(qkv, b, t, nh, causal);
         }
         let qkv = qkv.reshape((b, t, 3, nh, hd))?.permute((2, 0, 3, 1, 4))?; // [3, b, nh, t, hd]
         let q = qkv.get(0)?.contiguous()?;
@@ -251,36 +272,43 @@ impl Gpt2 {
         } else {
             candle_nn::ops::softmax_last_dim(&att)?
         };
-        let y = att.matmul(&v)?.transpose(1, 2)?.reshape((b * t, e))?;
-        self.block_tail(blk, x, &y)
+        Ok(att.matmul(&v)?.transpose(1, 2)?.reshape((b * t, e))?)
     }
 
     /// Attention output projection, residual, MLP, residual. `y` is `[b * t, e]`.
     fn block_tail(&self, blk: &Block, x: &Tensor, y: &Tensor) -> Result<Tensor> {
         let (b, t, e) = x.dims3()?;
         let fast = self.fast_cpu();
-        let y = self
-            .linear(y, &blk.attn_proj_w, &blk.attn_proj_b)?
-            .reshape((b, t, e))?;
-        let x = (x + y)?;
+        let y = profile::time(Op::AttnProj, || {
+            self.linear(y, &blk.attn_proj_w, &blk.attn_proj_b)
+        })?
+        .reshape((b, t, e))?;
+        let x = profile::time(Op::Residual, || x + y)?;
         let h = self.layer_norm(&x, &blk.ln_2)?.reshape((b * t, e))?;
-        let m = match self.cfg.activation {
-            Activation::GeluTanh if fast => {
-                let n = blk.c_fc_b.elem_count();
-                let y = fast_matmul(&h, &blk.c_fc_w, None, n)?;
-                crate::cpu_kernels::bias_gelu_inplace(y, &blk.c_fc_b)?
-            }
-            Activation::GeluTanh => self.linear(&h, &blk.c_fc_w, &blk.c_fc_b)?.gelu()?,
-            Activation::GeluErf => self.linear(&h, &blk.c_fc_w, &blk.c_fc_b)?.gelu_erf()?,
-        };
-        let m = self
-            .linear(&m, &blk.mlp_proj_w, &blk.mlp_proj_b)?
-            .reshape((b, t, e))?;
-        Ok((x + m)?)
+        let m = profile::time(Op::MlpUp, || -> Result<Tensor> {
+            Ok(match self.cfg.activation {
+                Activation::GeluTanh if fast => {
+                    let n = blk.c_fc_b.elem_count();
+                    let y = fast_matmul(&h, &blk.c_fc_w, None, n)?;
+                    crate::cpu_kernels::bias_gelu_inplace(y, &blk.c_fc_b)?
+                }
+                Activation::GeluTanh => self.linear(&h, &blk.c_fc_w, &blk.c_fc_b)?.gelu()?,
+                Activation::GeluErf => self.linear(&h, &blk.c_fc_w, &blk.c_fc_b)?.gelu_erf()?,
+            })
+        })?;
+        let m = profile::time(Op::MlpDown, || {
+            self.linear(&m, &blk.mlp_proj_w, &blk.mlp_proj_b)
+        })?
+        .reshape((b, t, e))?;
+        Ok(profile::time(Op::Residual, || x + m)?)
     }
 
     /// Logits `[rows, vocab]` for hidden states `[rows, n_embd]`.
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        profile::time(Op::Head, || self.head_logits(hidden))
+    }
+
+    fn head_logits(&self, hidden: &Tensor) -> Result<Tensor> {
         if self.head().dtype() != self.wpe.dtype() {
             // Encoded in bf16 / int8 ([`Gpt2::pack_for_cpu_as`]): the decoding head kernels when
             // they run, else the decoded rows through the plain path.

@@ -226,3 +226,61 @@ fn generate_compare_shows_fixed_and_eos_first_side_by_side() {
     let (ok, _, err) = run(&[&args[..], &["--compare", "--arm"]].concat());
     assert!(!ok && err.contains("cannot be used with"), "{err}");
 }
+
+#[test]
+fn bench_profile_splits_the_forward_by_op() {
+    let (ok, out, err) =
+        bench_fixture_t8(&[], &["--arm-tokens", "0", "--profile", "--format", "json"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let p = &v["forward_profile"][0];
+    assert_eq!(p["dtype"], "f32");
+    assert_eq!(p["t"], 8);
+    let cfg = diffugpt::Model::load(
+        std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/tiny-diffugpt"
+        )),
+        diffugpt::LoadOptions::default(),
+    )
+    .unwrap()
+    .gpt
+    .cfg
+    .clone();
+    let calls = |name: &str| {
+        p["ops"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["op"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {p}"))["calls"]
+            .as_u64()
+            .unwrap()
+    };
+    let l = cfg.n_layer as u64;
+    // Per forward: every layer's two LayerNorms and ln_f, one of each projection per layer,
+    // two residual adds per layer, one head.
+    assert_eq!(calls("layer_norm"), 2 * l + 1);
+    assert_eq!(calls("qkv (c_attn)"), l);
+    assert_eq!(calls("attention"), l);
+    assert_eq!(calls("mlp.c_proj"), l);
+    assert_eq!(calls("residual adds"), 2 * l);
+    assert_eq!(calls("head (logits)"), 1);
+    let ops_ms: f64 = p["ops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["ms"].as_f64().unwrap())
+        .sum();
+    let total = p["total_ms"].as_f64().unwrap();
+    assert!(
+        ops_ms > 0.0 && ops_ms <= total * 1.0001,
+        "{ops_ms} vs {total}"
+    );
+    // Markdown: the table with a column per op and the matrix ops' rates under it.
+    let (ok, out, err) = bench_fixture_t8(&[], &["--arm-tokens", "0", "--profile"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("Forward profile"), "{out}");
+    assert!(out.contains("| f32 | 8 |"), "{out}");
+    assert!(out.contains("GFLOP/s |"), "{out}");
+}

@@ -217,3 +217,45 @@ fn fused_cpu_path_matches_reference_ops() {
     assert!(!unpacked.is_packed());
     assert!(unpacked.blocks[0].c_fc_w.dims() == fast.blocks[0].c_fc_w.dims());
 }
+
+/// `forward_profile::measure` only watches: the logits under it are bitwise those without it, on
+/// the fast path and on the reference ops, and every op of every layer is counted once per call.
+#[test]
+fn profiling_changes_no_logit_and_counts_every_op() {
+    use diffugpt::config::{ModelConfig, SpecialIds};
+    use diffugpt::forward_profile::{measure, Op};
+    let cfg = ModelConfig {
+        n_layer: 3,
+        n_head: 2,
+        n_embd: 32,
+        n_inner: 128,
+        n_positions: 64,
+        vocab_size: 120,
+        ..ModelConfig::tiny(120)
+    };
+    let ids = SpecialIds::resolve(120, &Default::default(), &Default::default()).unwrap();
+    let fast = diffugpt::Gpt2::random(cfg, ids, 3, &Device::Cpu).unwrap();
+    let mut reference = fast.clone();
+    reference.reference_ops = true;
+    let tokens: Vec<u32> = (0..20).map(|i| (i * 37 % 120) as u32).collect();
+    for model in [&fast, &reference] {
+        for mask in [AttnMask::Bidirectional, AttnMask::Causal] {
+            let plain = model.forward_logits(&tokens, &mask).unwrap();
+            let (profiled, p) = measure(|| model.forward_logits(&tokens, &mask).unwrap());
+            assert_eq!(
+                plain.to_vec2::<f32>().unwrap(),
+                profiled.to_vec2::<f32>().unwrap()
+            );
+            let calls = |op| p.get(op).map_or(0, |o| o.calls);
+            assert_eq!(calls(Op::Embed), 1);
+            assert_eq!(calls(Op::LayerNorm), 7);
+            for op in [Op::Qkv, Op::Attention, Op::AttnProj, Op::MlpUp, Op::MlpDown] {
+                assert_eq!(calls(op), 3, "{op:?}");
+            }
+            assert_eq!(calls(Op::Residual), 6);
+            assert_eq!(calls(Op::Head), 1);
+            let ops: f64 = p.ops.iter().map(|o| o.ms).sum();
+            assert!(ops <= p.total_ms && p.other_ms() >= 0.0);
+        }
+    }
+}

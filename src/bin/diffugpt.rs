@@ -336,6 +336,10 @@ struct BenchArgs {
     /// the memory-bandwidth floor
     #[arg(long, default_value_t = 32)]
     arm_tokens: usize,
+    /// Also time each forward op by op (LayerNorms, projections, attention, head, ...; CPU):
+    /// a table of ms per forward per canvas size, from separate profiled forwards
+    #[arg(long)]
+    profile: bool,
 }
 
 #[derive(Args)]
@@ -649,10 +653,16 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
         ComputeDevice::Cpu => None,
     };
     let (model, name) = load(formats[0])?;
+    let cfg = model.cfg.clone();
     let params = model.param_count();
     let mut weight_mb = Vec::new();
     let decode = (a.canvas > 0).then_some((a.prompt_len, a.canvas, a.steps, a.answer_len));
     let on_device = bench::bench_on_device(&model, device, dtype, &a.forward_lens, a.reps, decode)?;
+    // Per (dtype, T): where the CPU forward's time goes (--profile).
+    let mut profiles: Vec<(&str, usize, diffugpt::forward_profile::Profile)> = Vec::new();
+    if a.profile && on_device.is_some() {
+        eprintln!("note: --profile times the CPU forward only; the GPU rows have no profile");
+    }
     let (rows, backend, report) = match on_device {
         Some(r) => r,
         None => {
@@ -665,6 +675,11 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
                 };
                 weight_mb.push((format.name(), m.weight_bytes() as f64 / 1e6));
                 rows.extend(bench::bench_forward(&m, &a.forward_lens, a.reps)?);
+                if a.profile {
+                    for &t in &a.forward_lens {
+                        profiles.push((format.name(), t, bench::profile_forward(&m, t, a.reps)?));
+                    }
+                }
                 if a.arm_tokens > 0 {
                     rows.push(bench::bench_arm(&m, a.prompt_len, a.arm_tokens, a.reps)?);
                 }
@@ -762,6 +777,11 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
                 "device_kernels": report.kernels, "graphs": report.graphs,
                 "graph_capture_failures": report.graph_failures,
                 "rows": rows,
+                "forward_profile": profiles.iter().map(|(d, t, p)| serde_json::json!({
+                    "dtype": d, "t": t, "total_ms": p.total_ms, "other_ms": p.other_ms(),
+                    "ops": p.ops.iter().map(|o| serde_json::json!({
+                        "op": o.op.name(), "ms": o.ms, "calls": o.calls})).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
             });
             println!("{}", serde_json::to_string_pretty(&out)?);
         }
@@ -841,6 +861,9 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
                     }
                 )?;
             }
+            if !profiles.is_empty() {
+                write_profiles(&mut o, &profiles, &cfg, a.reps)?;
+            }
             if let Some(bw) = bandwidth {
                 let w: Vec<String> = weight_mb
                     .iter()
@@ -869,6 +892,61 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
                 )?;
             }
         }
+    }
+    Ok(())
+}
+
+/// The `--profile` table: one row per (dtype, T), one column per op, "ms (share %)".
+fn write_profiles(
+    o: &mut impl Write,
+    profiles: &[(&str, usize, diffugpt::forward_profile::Profile)],
+    cfg: &diffugpt::ModelConfig,
+    reps: usize,
+) -> Result<()> {
+    use diffugpt::forward_profile::Op;
+    // Only the ops some forward ran (the embedding is a copy, but shows where it is not).
+    let ops: Vec<Op> = Op::all()
+        .into_iter()
+        .filter(|&op| profiles.iter().any(|(_, _, p)| p.get(op).is_some()))
+        .collect();
+    writeln!(
+        o,
+        "\nForward profile, ms per forward (share), mean of {} profiled forwards; wall-clock per op \
+         on the calling thread, \"other\" the time between ops:\n",
+        reps.max(1)
+    )?;
+    let names: Vec<&str> = ops.iter().map(|op| op.name()).collect();
+    writeln!(o, "| dtype | T | {} | other | total |", names.join(" | "))?;
+    writeln!(
+        o,
+        "| --- | ---: |{} ---: | ---: |",
+        " ---: |".repeat(ops.len())
+    )?;
+    for (d, t, p) in profiles {
+        let share = |ms: f64| format!("{ms:.1} ({:.0}%)", 100.0 * ms / p.total_ms.max(1e-9));
+        let cells: Vec<String> = ops
+            .iter()
+            .map(|&op| p.get(op).map_or("-".to_string(), |x| share(x.ms)))
+            .collect();
+        writeln!(
+            o,
+            "| {d} | {t} | {} | {} | {:.1} |",
+            cells.join(" | "),
+            share(p.other_ms()),
+            p.total_ms
+        )?;
+        // The matrix ops' arithmetic rates, to set against the FMA peak above.
+        let rates: Vec<String> = ops
+            .iter()
+            .map(|&op| {
+                let f = cfg.op_flops(op, *t, *t);
+                match p.get(op) {
+                    Some(x) if f > 0.0 && x.ms > 0.0 => format!("{:.0} GFLOP/s", f / x.ms / 1e6),
+                    _ => String::new(),
+                }
+            })
+            .collect();
+        writeln!(o, "| | | {} | | |", rates.join(" | "))?;
     }
     Ok(())
 }
