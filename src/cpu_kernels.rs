@@ -270,6 +270,146 @@ impl InplaceOp2 for BiasGelu {
     }
 }
 
+/// In place: `out <- (x - mean) / sqrt(var + eps) * w + b` for one row, with the mean and the
+/// variance in two passes (the variance of the centred values: no cancellation when the mean is
+/// large against the spread, as the one-pass `E[x^2] - mean^2` of candle's LayerNorm has).
+pub fn layer_norm_row(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    match simd_rows() {
+        // SAFETY: as in `softmax_row`.
+        crate::cpu_gemm::Isa::Avx512 => return unsafe { layer_norm_row_avx512(x, w, b, eps, out) },
+        crate::cpu_gemm::Isa::Avx2 => return unsafe { layer_norm_row_avx2(x, w, b, eps, out) },
+        crate::cpu_gemm::Isa::Generic => {}
+    }
+    layer_norm_row_body::<false>(x, w, b, eps, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn layer_norm_row_avx512(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
+    layer_norm_row_body::<true>(x, w, b, eps, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn layer_norm_row_avx2(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
+    layer_norm_row_body::<true>(x, w, b, eps, out)
+}
+
+/// A sum of `f(v)` over `x` in `LANES` independent lanes (so that it vectorises: a single
+/// running sum is one long dependency chain that LLVM must keep in order).
+#[inline(always)]
+fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let mut chunks = x.chunks_exact(LANES);
+    for c in &mut chunks {
+        for i in 0..LANES {
+            acc[i] += f(c[i]);
+        }
+    }
+    let tail: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
+    tail + acc.iter().sum::<f32>()
+}
+
+#[inline(always)]
+fn layer_norm_row_body<const FMA: bool>(
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    eps: f32,
+    out: &mut [f32],
+) {
+    let n = x.len().max(1) as f32;
+    let mean = lane_sum(x, |v| v) / n;
+    let var = lane_sum(x, |v| {
+        let d = v - mean;
+        d * d
+    }) / n;
+    let rstd = 1.0 / (var + eps).sqrt();
+    for (((o, &v), &ww), &bb) in out.iter_mut().zip(x).zip(w).zip(b) {
+        *o = mad::<FMA>((v - mean) * rstd, ww, bb);
+    }
+}
+
+/// LayerNorm over the last dim of a contiguous f32 CPU tensor into a fresh one, rows split
+/// across threads: [`layer_norm_row`] per row. Candle's LayerNorm sums each row in one serial
+/// chain per row task (measured at 1024 x 768 on a Zen 3: 1.1 ms per call, 2.2x PyTorch's).
+/// `None` when `x`, `w` or `b` is not contiguous f32 on the CPU (the caller then takes
+/// candle's).
+pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f32) -> Result<Option<Tensor>> {
+    let n = *x.dims().last().unwrap_or(&0);
+    if n == 0 || w.elem_count() != n || b.elem_count() != n {
+        return Ok(None);
+    }
+    let (xs, xl) = x.storage_and_layout();
+    let (ws, wl) = w.storage_and_layout();
+    let (bs, bl) = b.storage_and_layout();
+    let (Some(xv), Some(wv), Some(bv)) =
+        (f32_slice(&xs, xl), f32_slice(&ws, wl), f32_slice(&bs, bl))
+    else {
+        return Ok(None);
+    };
+    let rows = xv.len() / n;
+    let per_task = rows_per_task(n, rows);
+    let mut out = vec![0f32; xv.len()];
+    out.par_chunks_mut(n * per_task)
+        .zip(xv.par_chunks(n * per_task))
+        .for_each(|(o, xi)| {
+            for (orow, xrow) in o.chunks_exact_mut(n).zip(xi.chunks_exact(n)) {
+                layer_norm_row(xrow, wv, bv, eps, orow);
+            }
+        });
+    Ok(Some(Tensor::from_vec(out, x.shape(), x.device())?))
+}
+
+struct AddInPlace;
+
+impl InplaceOp2 for AddInPlace {
+    fn name(&self) -> &'static str {
+        "add-in-place"
+    }
+    fn cpu_fwd(
+        &self,
+        s: &mut CpuStorage,
+        l: &Layout,
+        x: &CpuStorage,
+        xl: &Layout,
+    ) -> candle_core::Result<()> {
+        let y = contiguous_f32(s, l, self.name())?;
+        let (a, b) = xl.contiguous_offsets().ok_or_else(|| {
+            candle_core::Error::Msg("add-in-place: input must be contiguous".into())
+        })?;
+        let x = match x {
+            CpuStorage::F32(v) => &v[a..b],
+            _ => candle_core::bail!("add-in-place: only f32 is supported"),
+        };
+        if x.len() != y.len() {
+            candle_core::bail!("add-in-place: {} values against {}", x.len(), y.len());
+        }
+        // Chunks of 16K values: a few per thread even on short canvases.
+        const CHUNK: usize = 16_384;
+        y.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK))
+            .for_each(|(yc, xc)| yc.iter_mut().zip(xc).for_each(|(v, &w)| *v += w));
+        Ok(())
+    }
+}
+
+/// `y + x` written into `y` (a fresh contiguous f32 CPU tensor not shared with anything else,
+/// of `x`'s shape): the residual connection without a new allocation and its page faults.
+/// Bitwise candle's `x + y`. Returns `y`.
+pub fn add_inplace(y: Tensor, x: &Tensor) -> Result<Tensor> {
+    if y.shape() != x.shape() {
+        return Err(internal(format!(
+            "add_inplace: shapes {:?} and {:?}",
+            y.shape(),
+            x.shape()
+        )));
+    }
+    y.inplace_op2(x, &AddInPlace)?;
+    Ok(y)
+}
+
 /// softmax(scale * x) over the last dim, in place on `x` (which must be a fresh contiguous f32
 /// CPU tensor not shared with anything else). Returns `x`.
 pub fn scaled_softmax_inplace(x: Tensor, scale: f32) -> Result<Tensor> {
@@ -1066,5 +1206,83 @@ mod tests {
             .t()
             .unwrap();
         assert!(scaled_softmax_inplace(x, 1.0).is_err());
+    }
+
+    /// LayerNorm against an f64 two-pass reference, to 1e-5 relative of the output's largest
+    /// magnitude: widths below, at and above the lane count with remainders, many rows (several
+    /// tasks), and rows whose mean is large against their spread (where candle's one-pass
+    /// variance loses digits: it is checked to 1e-5 on the ordinary rows only).
+    #[test]
+    fn layer_norm_matches_a_two_pass_f64_reference() {
+        let mut rng = crate::rng::Rng::new(23);
+        for (rows, n, offset) in [
+            (1, 1, 0.0),
+            (5, 7, 0.0),
+            (3, 32, 0.0),
+            (40, 768, 0.0),
+            (300, 100, 0.0),
+            (9, 771, 300.0),
+        ] {
+            let x = (randn(&mut rng, 2.0, &[rows, n]) + offset).unwrap();
+            let w = randn(&mut rng, 1.0, &[n]);
+            let b = randn(&mut rng, 1.0, &[n]);
+            let got = layer_norm(&x, &w, &b, 1e-5)
+                .unwrap()
+                .expect("contiguous f32");
+            assert_eq!(got.dims(), x.dims());
+            let xv: Vec<Vec<f32>> = x.to_vec2().unwrap();
+            let (wv, bv) = (w.to_vec1::<f32>().unwrap(), b.to_vec1::<f32>().unwrap());
+            let want: Vec<f32> = xv
+                .iter()
+                .flat_map(|r| {
+                    let m = r.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
+                    let var = r.iter().map(|&v| (v as f64 - m).powi(2)).sum::<f64>() / n as f64;
+                    let rstd = 1.0 / (var + 1e-5).sqrt();
+                    r.iter()
+                        .zip(&wv)
+                        .zip(&bv)
+                        .map(|((&v, &ww), &bb)| {
+                            ((v as f64 - m) * rstd * ww as f64 + bb as f64) as f32
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            let want = Tensor::from_vec(want, (rows, n), &Device::Cpu).unwrap();
+            assert!(
+                max_rel(&got, &want) < 1e-5,
+                "{rows}x{n}+{offset}: {}",
+                max_rel(&got, &want)
+            );
+            if offset == 0.0 {
+                let candle = candle_nn::ops::layer_norm(&x, &w, &b, 1e-5).unwrap();
+                assert!(max_rel(&got, &candle) < 1e-5, "candle {rows}x{n}");
+            }
+        }
+        // Not contiguous, or another dtype: left to candle.
+        let x = Tensor::zeros((3, 4), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let w = Tensor::ones(3, candle_core::DType::F32, &Device::Cpu).unwrap();
+        assert!(layer_norm(&x.t().unwrap(), &w, &w, 1e-5).unwrap().is_none());
+        let x64 = Tensor::zeros((2, 3), candle_core::DType::F64, &Device::Cpu).unwrap();
+        assert!(layer_norm(&x64, &w, &w, 1e-5).unwrap().is_none());
+    }
+
+    /// The in-place residual add is bitwise candle's `x + y` (several chunks and a remainder),
+    /// and refuses mismatched shapes.
+    #[test]
+    fn add_inplace_is_candles_add() {
+        let mut rng = crate::rng::Rng::new(29);
+        for shape in [[1usize, 3], [70, 768], [3, 11_000]] {
+            let x = randn(&mut rng, 1.0, &shape);
+            let y = randn(&mut rng, 1.0, &shape);
+            let want: Vec<Vec<f32>> = (&x + &y).unwrap().to_vec2().unwrap();
+            let got: Vec<Vec<f32>> = add_inplace(y.copy().unwrap(), &x)
+                .unwrap()
+                .to_vec2()
+                .unwrap();
+            assert_eq!(got, want);
+        }
+        let x = randn(&mut rng, 1.0, &[2, 3]);
+        let y = randn(&mut rng, 1.0, &[3, 2]);
+        assert!(add_inplace(y, &x).is_err());
     }
 }

@@ -111,6 +111,11 @@ impl Gpt2 {
     fn layer_norm(&self, x: &Tensor, ln: &LayerNorm) -> Result<Tensor> {
         let eps = self.cfg.layer_norm_eps as f32;
         profile::time(Op::LayerNorm, || {
+            if self.fast_cpu() {
+                if let Some(y) = crate::cpu_kernels::layer_norm(x, &ln.weight, &ln.bias, eps)? {
+                    return Ok(y);
+                }
+            }
             Ok(if self.differentiable {
                 candle_nn::ops::layer_norm_slow(x, &ln.weight, &ln.bias, eps)?
             } else {
@@ -283,7 +288,7 @@ impl Gpt2 {
             self.linear(y, &blk.attn_proj_w, &blk.attn_proj_b)
         })?
         .reshape((b, t, e))?;
-        let x = profile::time(Op::Residual, || x + y)?;
+        let x = profile::time(Op::Residual, || self.residual(x, y))?;
         let h = self.layer_norm(&x, &blk.ln_2)?.reshape((b * t, e))?;
         let m = profile::time(Op::MlpUp, || -> Result<Tensor> {
             Ok(match self.cfg.activation {
@@ -300,7 +305,16 @@ impl Gpt2 {
             self.linear(&m, &blk.mlp_proj_w, &blk.mlp_proj_b)
         })?
         .reshape((b, t, e))?;
-        Ok(profile::time(Op::Residual, || x + m)?)
+        profile::time(Op::Residual, || self.residual(&x, m))
+    }
+
+    /// `x + y` for the residual connections: on the fast path into `y` (the fresh output of a
+    /// projection) instead of a new tensor.
+    fn residual(&self, x: &Tensor, y: Tensor) -> Result<Tensor> {
+        if self.fast_cpu() && x.is_contiguous() && y.is_contiguous() {
+            return crate::cpu_kernels::add_inplace(y, x);
+        }
+        Ok((x + y)?)
     }
 
     /// Logits `[rows, vocab]` for hidden states `[rows, n_embd]`.
