@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Everything issue 16 asks to be measured on a CPU, in one run, into one markdown file: the CPU
-# (model, flags, caches), the forward per weight dtype against the measured peaks, the matrix
+# (model, flags, caches), the forward per weight dtype against the measured peaks, the forward op
+# by op, the matrix
 # kernels alone, the register blocks on one core, the two loop orders of the many-row products
 # against each other (DIFFUGPT_CPU_GEMM=panel vs blocked, alternating rounds), and, given a
 # Python with torch, PyTorch side by side per dtype. Meant for the first minutes of a session on
@@ -32,6 +33,10 @@ bin=target/release/diffugpt
     echo
     "$bin" bench --forward-lens 64,256,1024 --reps "$reps" --canvas 0 --arm-tokens 32 --dtype f32,bf16,int8
     echo
+    echo "## The forward op by op"
+    echo
+    "$bin" bench --forward-lens 64,1024 --reps "$reps" --canvas 0 --arm-tokens 0 --profile
+    echo
     echo "## Matrix kernels alone (2 threads, then 1)"
     echo
     ./target/release/examples/kernel_rates
@@ -49,6 +54,9 @@ bin=target/release/diffugpt
         echo
         echo "## Against PyTorch ($py), $pt_rounds alternating rounds"
         ROUNDS=$pt_rounds benches/compare_pytorch.sh "$py" 64,1024 "$reps" "" f32,bf16,int8
+        echo
+        echo "## Against PyTorch op by op (f32), $pt_rounds alternating rounds"
+        ROUNDS=$pt_rounds benches/compare_profile.sh "$py" 64,1024 "$reps"
     fi
 } 2>&1 | tee "$out"
 echo "written: $out"
