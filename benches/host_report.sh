@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
 # Everything issue 16 asks to be measured on a CPU, in one run, into one markdown file: the CPU
 # (model, flags, caches), the forward per weight dtype against the measured peaks, the forward op
-# by op, the matrix
-# kernels alone, the register blocks on one core, the two loop orders of the many-row products
-# against each other (DIFFUGPT_CPU_GEMM=panel vs blocked, alternating rounds), and, given a
-# Python with torch, PyTorch side by side per dtype. Meant for the first minutes of a session on
+# by op, the matrix kernels alone, the register blocks on one core, the two loop orders of the
+# many-row products against each other (DIFFUGPT_CPU_GEMM=panel vs blocked, alternating rounds),
+# and, given a Python with torch, PyTorch side by side per dtype and op by op. Meant for the first minutes of a session on
 # a CPU not measured before (an Intel Xeon with AVX-512 is rare here): run it while nothing else
 # holds the cores, then read the file.
 # Usage: benches/host_report.sh [OUT.md] [PYTHON_WITH_TORCH]
