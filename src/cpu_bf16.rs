@@ -458,8 +458,7 @@ mod tests {
     use super::*;
 
     fn rand_vec(len: usize, seed: u64) -> Vec<f32> {
-        let mut rng = crate::rng::Rng::new(seed);
-        (0..len).map(|_| rng.next_f32() * 2.0 - 1.0).collect()
+        crate::rng::Rng::new(seed).signed_vec(len)
     }
 
     /// Rounding: to nearest with ties to even, subnormals to signed zero, NaN quiet, overflow to

@@ -414,8 +414,7 @@ mod tests {
     use crate::cpu_quant::{rows_to_int8, strips_to_bf16, strips_to_int8, to_bf16, Rows, Strips};
 
     fn rand_vec(len: usize, seed: u64) -> Vec<f32> {
-        let mut rng = crate::rng::Rng::new(seed);
-        (0..len).map(|_| rng.next_f32() * 2.0 - 1.0).collect()
+        crate::rng::Rng::new(seed).signed_vec(len)
     }
 
     /// Projections: bitwise the decode path (decoded strip, then the f32 kernels) for one to

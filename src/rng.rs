@@ -61,6 +61,11 @@ impl Rng {
         (self.next_u64() >> 40) as f32 * (1.0 / (1u32 << 24) as f32)
     }
 
+    /// `len` values uniform in [-1, 1): the kernels' tests' random operands.
+    pub fn signed_vec(&mut self, len: usize) -> Vec<f32> {
+        (0..len).map(|_| self.next_f32() * 2.0 - 1.0).collect()
+    }
+
     /// Uniform integer in [0, n); `n` must be > 0.
     pub fn below(&mut self, n: u64) -> u64 {
         // Lemire's multiply-shift; the tiny bias (< n / 2^64) is irrelevant here.
