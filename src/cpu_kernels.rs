@@ -107,29 +107,39 @@ fn simd_rows() -> crate::cpu_gemm::Isa {
     crate::cpu_gemm::isa()
 }
 
-/// In place: x <- softmax(scale * x) along one row.
-pub fn softmax_row(x: &mut [f32], scale: f32) {
-    #[cfg(target_arch = "x86_64")]
-    match simd_rows() {
-        // SAFETY (both): `isa()` never exceeds what the CPU has, and each build enables only
-        // that instruction set's features.
-        crate::cpu_gemm::Isa::Avx512 => return unsafe { softmax_row_avx512(x, scale) },
-        crate::cpu_gemm::Isa::Avx2 => return unsafe { softmax_row_avx2(x, scale) },
-        crate::cpu_gemm::Isa::Generic => {}
-    }
-    softmax_row_body::<false>(x, scale)
+/// A row kernel in three builds of one body (`$body::<FMA>`, `#[inline(always)]`): AVX-512 and
+/// AVX2 with FMA (`$body::<true>` compiled under `#[target_feature]`, where LLVM vectorises the
+/// lane loops), and the portable one, picked per call by [`simd_rows`].
+macro_rules! row_kernel {
+    ($(#[$doc:meta])* pub fn $name:ident($($arg:ident: $ty:ty),* $(,)?) => $body:ident) => {
+        $(#[$doc])*
+        pub fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,fma")]
+                unsafe fn avx512($($arg: $ty),*) {
+                    $body::<true>($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) {
+                    $body::<true>($($arg),*)
+                }
+                match simd_rows() {
+                    // SAFETY (both): `isa()` never exceeds what the CPU has, and each build
+                    // enables only that instruction set's features.
+                    crate::cpu_gemm::Isa::Avx512 => return unsafe { avx512($($arg),*) },
+                    crate::cpu_gemm::Isa::Avx2 => return unsafe { avx2($($arg),*) },
+                    crate::cpu_gemm::Isa::Generic => {}
+                }
+            }
+            $body::<false>($($arg),*)
+        }
+    };
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,fma")]
-unsafe fn softmax_row_avx512(x: &mut [f32], scale: f32) {
-    softmax_row_body::<true>(x, scale)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_row_avx2(x: &mut [f32], scale: f32) {
-    softmax_row_body::<true>(x, scale)
+row_kernel! {
+    /// In place: x <- softmax(scale * x) along one row.
+    pub fn softmax_row(x: &mut [f32], scale: f32) => softmax_row_body
 }
 
 #[inline(always)]
@@ -203,28 +213,9 @@ impl InplaceOp1 for ScaledSoftmax {
     }
 }
 
-/// In place: r <- gelu_new(r + bias).
-pub fn bias_gelu_row(r: &mut [f32], bias: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    match simd_rows() {
-        // SAFETY: as in `softmax_row`.
-        crate::cpu_gemm::Isa::Avx512 => return unsafe { bias_gelu_row_avx512(r, bias) },
-        crate::cpu_gemm::Isa::Avx2 => return unsafe { bias_gelu_row_avx2(r, bias) },
-        crate::cpu_gemm::Isa::Generic => {}
-    }
-    bias_gelu_row_body::<false>(r, bias)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,fma")]
-unsafe fn bias_gelu_row_avx512(r: &mut [f32], bias: &[f32]) {
-    bias_gelu_row_body::<true>(r, bias)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn bias_gelu_row_avx2(r: &mut [f32], bias: &[f32]) {
-    bias_gelu_row_body::<true>(r, bias)
+row_kernel! {
+    /// In place: r <- gelu_new(r + bias).
+    pub fn bias_gelu_row(r: &mut [f32], bias: &[f32]) => bias_gelu_row_body
 }
 
 #[inline(always)]
@@ -270,30 +261,11 @@ impl InplaceOp2 for BiasGelu {
     }
 }
 
-/// In place: `out <- (x - mean) / sqrt(var + eps) * w + b` for one row, with the mean and the
-/// variance in two passes (the variance of the centred values: no cancellation when the mean is
-/// large against the spread, as the one-pass `E[x^2] - mean^2` of candle's LayerNorm has).
-pub fn layer_norm_row(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    match simd_rows() {
-        // SAFETY: as in `softmax_row`.
-        crate::cpu_gemm::Isa::Avx512 => return unsafe { layer_norm_row_avx512(x, w, b, eps, out) },
-        crate::cpu_gemm::Isa::Avx2 => return unsafe { layer_norm_row_avx2(x, w, b, eps, out) },
-        crate::cpu_gemm::Isa::Generic => {}
-    }
-    layer_norm_row_body::<false>(x, w, b, eps, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,fma")]
-unsafe fn layer_norm_row_avx512(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
-    layer_norm_row_body::<true>(x, w, b, eps, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn layer_norm_row_avx2(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) {
-    layer_norm_row_body::<true>(x, w, b, eps, out)
+row_kernel! {
+    /// In place: `out <- (x - mean) / sqrt(var + eps) * w + b` for one row, with the mean and the
+    /// variance in two passes (the variance of the centred values: no cancellation when the mean is
+    /// large against the spread, as the one-pass `E[x^2] - mean^2` of candle's LayerNorm has).
+    pub fn layer_norm_row(x: &[f32], w: &[f32], b: &[f32], eps: f32, out: &mut [f32]) => layer_norm_row_body
 }
 
 /// A sum of `f(v)` over `x` in `LANES` independent lanes (so that it vectorises: a single
