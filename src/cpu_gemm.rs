@@ -189,7 +189,7 @@ pub(crate) fn strip_masks(cols: usize) -> (u16, u16) {
 
 /// The environment variable that forces the loops of the many-row products (from
 /// `PACK_MIN_ROWS` rows on; shorter canvases always run the strip path): `auto` (default: see
-/// [`default_driver`]), `panel` or `blocked`. Read once per process; the tests run both.
+/// `default_driver`), `panel` or `blocked`. Read once per process; the tests run both.
 pub const GEMM_ENV: &str = "DIFFUGPT_CPU_GEMM";
 
 /// The cache-level loop order of the many-row products of the Conv1D projections (the register
@@ -794,7 +794,8 @@ fn nt_chunk_rows(m: usize, k: usize) -> usize {
 
 /// [`matmul_nt_with`] for head rows in any [`crate::cpu_quant`] format: blocks of vocabulary
 /// rows are decoded into an f32 buffer and the dot tiles run on it; from `PACK_MIN_ROWS` rows on,
-/// in chunks of 64 activation rows (each decodes the head once more, a few % of its products).
+/// in chunks of `nt_chunk_rows` activation rows (each decodes the head once more, a few % of
+/// its products).
 /// Bitwise the result of [`matmul_nt_with`] on the decoded rows below `PACK_MIN_ROWS` rows, and
 /// on AVX2 at any row count (tested).
 ///
@@ -1928,7 +1929,6 @@ mod tests {
         }
     }
 
-    /// `K = 0`: every output is its bias (or zero), on every path and both loop orders.
     #[test]
     fn panels_split_into_row_ranges_for_enough_tasks() {
         // GPT-2's 768-column products at 1024 rows on 2 threads: 6 panels x 3 ranges.
@@ -1941,6 +1941,7 @@ mod tests {
         assert_eq!(panel_row_parts(0, 0, 0), 1);
     }
 
+    /// `K = 0`: every output is its bias (or zero), on every path and both loop orders.
     #[test]
     fn no_depth_gives_the_bias() {
         for isa in kernel_isas() {

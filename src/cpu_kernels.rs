@@ -188,6 +188,23 @@ fn contiguous_f32<'a>(
     }
 }
 
+/// The second operand of an in-place op: contiguous f32 data, read only.
+fn contiguous_f32_ref<'a>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    op: &str,
+) -> candle_core::Result<&'a [f32]> {
+    let (start, end) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg(format!("{op}: operand must be contiguous")))?;
+    match s {
+        CpuStorage::F32(v) => Ok(&v[start..end]),
+        _ => Err(candle_core::Error::Msg(format!(
+            "{op}: only f32 is supported"
+        ))),
+    }
+}
+
 /// Rows per parallel task: enough work per task to amortise scheduling.
 fn rows_per_task(row_len: usize, rows: usize) -> usize {
     (16_384 / row_len.max(1)).clamp(1, rows.max(1))
@@ -240,13 +257,7 @@ impl InplaceOp2 for BiasGelu {
     ) -> candle_core::Result<()> {
         let n = *l.dims().last().unwrap_or(&1);
         let x = contiguous_f32(s, l, self.name())?;
-        let (bs, be) = bl
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("bias-gelu: bias must be contiguous".into()))?;
-        let bias = match b {
-            CpuStorage::F32(v) => &v[bs..be],
-            _ => candle_core::bail!("bias-gelu: only f32 is supported"),
-        };
+        let bias = contiguous_f32_ref(b, bl, self.name())?;
         if bias.len() != n {
             candle_core::bail!("bias-gelu: bias has {} values for rows of {n}", bias.len());
         }
@@ -348,13 +359,7 @@ impl InplaceOp2 for AddInPlace {
         xl: &Layout,
     ) -> candle_core::Result<()> {
         let y = contiguous_f32(s, l, self.name())?;
-        let (a, b) = xl.contiguous_offsets().ok_or_else(|| {
-            candle_core::Error::Msg("add-in-place: input must be contiguous".into())
-        })?;
-        let x = match x {
-            CpuStorage::F32(v) => &v[a..b],
-            _ => candle_core::bail!("add-in-place: only f32 is supported"),
-        };
+        let x = contiguous_f32_ref(x, xl, self.name())?;
         if x.len() != y.len() {
             candle_core::bail!("add-in-place: {} values against {}", x.len(), y.len());
         }
