@@ -396,31 +396,14 @@ pub fn bench_forward(model: &Gpt2, lens: &[usize], reps: usize) -> Result<Vec<Be
 pub fn profile_forward(model: &Gpt2, t: usize, reps: usize) -> Result<Profile> {
     forward_once(model, t, t)?;
     let reps = reps.max(1);
-    let mut sum: Option<Profile> = None;
-    for _ in 0..reps {
-        let (r, p) = forward_profile::measure(|| forward_once(model, t, t));
-        r?;
-        sum = Some(match sum {
-            None => p,
-            Some(mut s) => {
-                s.total_ms += p.total_ms;
-                for o in p.ops {
-                    match s.ops.iter_mut().find(|x| x.op == o.op) {
-                        Some(x) => {
-                            x.ms += o.ms;
-                            x.calls += o.calls;
-                        }
-                        None => s.ops.push(o),
-                    }
-                }
-                s
-            }
-        });
-    }
-    let mut p = sum.unwrap_or(Profile {
-        ops: Vec::new(),
-        total_ms: 0.0,
+    let (r, mut p) = forward_profile::measure(|| -> Result<()> {
+        for _ in 0..reps {
+            forward_once(model, t, t)?;
+        }
+        Ok(())
     });
+    r?;
+    // All repetitions in one profile: per forward.
     p.total_ms /= reps as f64;
     for o in &mut p.ops {
         o.ms /= reps as f64;
