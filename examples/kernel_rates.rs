@@ -5,7 +5,7 @@
 //!
 //! Where the int8 integer kernels run (`cpu_int8::kernel`: VNNI or AVX2), their rates follow
 //! (GOP/s), and where
-//! the bf16 `vdpbf16ps` kernels do (`cpu_bf16::active`), theirs.
+//! the bf16 products do (AMX tiles or `vdpbf16ps`, `cpu_bf16::active`), theirs.
 //!
 //! `cargo run --release --example kernel_rates` (`RAYON_NUM_THREADS=1` for one core;
 //! `KERNEL_RATES=f32,int8,bf16` picks the sections, all by default; `DIFFUGPT_CPU_GEMM=panel` or
@@ -91,7 +91,7 @@ fn best_of_five(mut run: impl FnMut()) -> f64 {
     best
 }
 
-/// bf16 weights on the `vdpbf16ps` kernels (GFLOP/s).
+/// bf16 weights on the bf16 products in use, AMX tiles or `vdpbf16ps` (GFLOP/s).
 fn bf16_rates(shapes: &[(usize, usize, &str)]) {
     for m in [64usize, 1024] {
         for &(k, n, what) in shapes {
@@ -117,7 +117,8 @@ fn bf16_rates(shapes: &[(usize, usize, &str)]) {
             });
             let gflops = 2.0 * (m * k * n) as f64 / best / 1e9;
             println!(
-                "| bf16 vdpbf16ps | {m} | {what} | {k} x {n} | {:.2} | {gflops:.1} |",
+                "| bf16 {} | {m} | {what} | {k} x {n} | {:.2} | {gflops:.1} |",
+                diffugpt::cpu_bf16::path_name(),
                 best * 1e3
             );
         }

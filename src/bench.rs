@@ -157,6 +157,29 @@ pub fn bf16_dot_peak_gflops() -> Option<f64> {
     }
 }
 
+/// Measured AMX bf16 tile throughput (`tdpbf16ps`: 16 x 16 x 32 multiply-adds per
+/// instruction, two operations each) on all of rayon's threads, in GFLOP/s, where the CPU and OS
+/// run AMX-BF16 (`None` elsewhere). The bf16 forward's products on tiles do twice the operations
+/// they count (two activation terms, [`crate::cpu_amx`]), so half this is their ceiling.
+pub fn amx_bf16_peak_gflops() -> Option<f64> {
+    if !crate::cpu_amx::available() {
+        return None;
+    }
+    // ~20 ms per thread at the 3.2 TFLOP/s per core measured on a Xeon.
+    const ITERS: usize = 1_000_000;
+    let mut best = 0f64;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let sums = rayon::broadcast(|ctx| {
+            crate::cpu_amx::peak_chains(ITERS, std::hint::black_box(1.0 + ctx.index() as f32))
+        });
+        std::hint::black_box(sums.iter().sum::<f32>());
+        let ops = (ITERS * 4 * 16 * 16 * 32 * 2 * sums.len()) as f64;
+        best = best.max(ops / t.elapsed().as_secs_f64() / 1e9);
+    }
+    Some(best)
+}
+
 /// One thread's `vdpbf16ps` rate over its 512-bit FMA rate, in floating-point operations (a
 /// `vdpbf16ps` does 32 multiply-adds, an FMA 16): what [`crate::cpu_bf16::active`] decides by.
 /// Short chains (about a millisecond each, best of five, interleaved so that a busy neighbour

@@ -15,9 +15,12 @@
 //! f32 forward's is that of the weights (as on the decode path) and of the activations (8 bits
 //! of mantissa; measured on the default model in benches/README.md).
 //!
-//! [`active`] is the switch: `vdpbf16ps` where the CPU has AVX512_BF16 and issues it faster than
-//! the f32 kernels would run the same products, unless [`BF16_ENV`] says otherwise or the
-//! kernels are forced below AVX-512 (`DIFFUGPT_CPU_KERNELS=avx2|generic`).
+//! [`path`] is the switch: AMX tiles ([`crate::cpu_amx`], activations split in two bf16 terms)
+//! where the CPU and OS have them; else `vdpbf16ps` where the CPU has AVX512_BF16 and issues it
+//! faster than the f32 kernels would run the same products; else the decode path — unless
+//! [`BF16_ENV`] says otherwise or the kernels are forced below AVX-512
+//! (`DIFFUGPT_CPU_KERNELS=avx2|generic`). Both bf16 products read the same strips, and the
+//! driver below hands a product to the tiles when its depth suits them.
 
 use half::bf16;
 use rayon::prelude::*;
@@ -25,11 +28,35 @@ use rayon::prelude::*;
 use crate::cpu_gemm::SendPtr;
 use crate::cpu_quant::bf16_pair_index;
 
-/// The environment variable that picks the bf16 products: `auto` (default: `vdpbf16ps` where
-/// the CPU has it and it is measured faster than the f32 FMAs, see [`active`]), `dot` (`vdpbf16ps`
-/// wherever the CPU has it; refused with a note where it has not), `decode` (decode the weights
-/// to f32 and run the f32 kernels). Read once per process.
+/// The environment variable that picks the bf16 products: `auto` (default: AMX tiles where the
+/// CPU and OS have them, else `vdpbf16ps` where the CPU has it and it is measured faster than the
+/// f32 FMAs, see [`active`]), `amx` (tiles wherever they run; refused with a note where not),
+/// `dot` (`vdpbf16ps` wherever the CPU has it, also on an AMX CPU; refused with a note where it
+/// has not), `decode` (decode the weights to f32 and run the f32 kernels). Read once per process.
 pub const BF16_ENV: &str = "DIFFUGPT_CPU_BF16";
+
+/// The bf16 products in use ([`path`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bf16Path {
+    /// AMX tiles ([`crate::cpu_amx`]; activations as two bf16 terms), `vdpbf16ps` for depths the
+    /// tiles do not take.
+    Amx,
+    /// `vdpbf16ps` (activations rounded to bf16).
+    Dot,
+    /// The weights decoded to f32 for the f32 kernels.
+    Decode,
+}
+
+impl Bf16Path {
+    /// The name [`BF16_ENV`] takes and reports print.
+    pub fn name(self) -> &'static str {
+        match self {
+            Bf16Path::Amx => "amx",
+            Bf16Path::Dot => "vdpbf16ps",
+            Bf16Path::Decode => "decode",
+        }
+    }
+}
 
 /// Columns per strip.
 const NR: usize = crate::cpu_gemm::STRIP;
@@ -75,32 +102,60 @@ fn worth_it() -> bool {
     }
 }
 
-/// Whether bf16 projection weights run on the `vdpbf16ps` kernels in this process.
-pub fn active() -> bool {
-    static ACTIVE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ACTIVE.get_or_init(|| match std::env::var(BF16_ENV).as_deref() {
-        Err(_) | Ok("") | Ok("auto") => supported() && worth_it(),
-        Ok("dot") => {
-            if !supported() {
-                eprintln!("note: {BF16_ENV}=dot but this CPU (or the forced kernels) has no AVX512_BF16: decoding to f32");
+/// The bf16 products of this process: [`BF16_ENV`]'s, or the fastest this CPU has.
+pub fn path() -> Bf16Path {
+    static PATH: std::sync::OnceLock<Bf16Path> = std::sync::OnceLock::new();
+    *PATH.get_or_init(|| {
+        let amx = supported() && crate::cpu_amx::available();
+        let auto = || {
+            if amx {
+                Bf16Path::Amx
+            } else if supported() && worth_it() {
+                Bf16Path::Dot
+            } else {
+                Bf16Path::Decode
             }
-            supported()
-        }
-        Ok("decode") => false,
-        Ok(other) => {
-            eprintln!("note: {BF16_ENV}={other:?} is not one of auto, dot, decode: using auto");
-            supported() && worth_it()
+        };
+        match std::env::var(BF16_ENV).as_deref() {
+            Err(_) | Ok("") | Ok("auto") => auto(),
+            Ok("amx") => {
+                if !amx {
+                    eprintln!("note: {BF16_ENV}=amx but this CPU, OS (or the forced kernels) has no AMX tiles: using auto");
+                }
+                auto()
+            }
+            Ok("dot") => {
+                if supported() {
+                    Bf16Path::Dot
+                } else {
+                    eprintln!("note: {BF16_ENV}=dot but this CPU (or the forced kernels) has no AVX512_BF16: decoding to f32");
+                    Bf16Path::Decode
+                }
+            }
+            Ok("decode") => Bf16Path::Decode,
+            Ok(other) => {
+                eprintln!("note: {BF16_ENV}={other:?} is not one of auto, amx, dot, decode: using auto");
+                auto()
+            }
         }
     })
 }
 
+/// Whether bf16 projection weights run on bf16 products (tiles or `vdpbf16ps`) in this process,
+/// in the strip layout those read, rather than being decoded to f32.
+pub fn active() -> bool {
+    path() != Bf16Path::Decode
+}
+
 /// The name reports print for the bf16 products in use.
 pub fn path_name() -> &'static str {
-    if active() {
-        "vdpbf16ps"
-    } else {
-        "decode"
-    }
+    path().name()
+}
+
+/// Whether a product of depth `k` splits its activations into two bf16 terms (it runs on AMX
+/// tiles) rather than rounding them once: what the references of the tests follow.
+pub fn splits_activations(k: usize) -> bool {
+    path() == Bf16Path::Amx && crate::cpu_amx::runs(k)
 }
 
 /// `v` rounded to bf16 as `vcvtne2ps2bf16` does: to nearest, ties to even; subnormals to a
@@ -248,6 +303,11 @@ unsafe fn strips_bf16(
         bias.is_none_or(|b| b.len() == n),
         "bf16 products: bias size"
     );
+    if splits_activations(k) {
+        // SAFETY: the caller's `out`; `runs(k)` holds.
+        unsafe { strips_amx(x, w, bias, out, m, k, n, compact_last) };
+        return;
+    }
     let kp = k.div_ceil(2);
     let xp = pair_rows(x, m, k);
     let optr = SendPtr(out);
@@ -305,9 +365,69 @@ unsafe fn strips_bf16(
     }
 }
 
+/// [`strips_bf16`] on AMX tiles: the strips with 32 columns on [`crate::cpu_amx`], a last one
+/// with fewer (a head's compact strip, or padding) on the `vdpbf16ps` kernels, once per
+/// activation term, so that every column sees the same operands.
+///
+/// # Safety
+/// As [`strips_bf16`]; [`splits_activations`]`(k)` must hold.
+#[allow(clippy::too_many_arguments)]
+unsafe fn strips_amx(
+    x: &[f32],
+    w: &[bf16],
+    bias: Option<&[f32]>,
+    out: *mut f32,
+    m: usize,
+    k: usize,
+    n: usize,
+    compact_last: bool,
+) {
+    let mpad = crate::cpu_amx::padded_rows(m);
+    let (hi, lo) = crate::cpu_amx::split_rows(x, m, k, mpad);
+    let full = n / NR;
+    // SAFETY: `runs(k)` (the caller); `hi` / `lo` from `split_rows`; `w` holds at least the
+    // full strips (asserted by the entry points); `out` m x n values (the caller).
+    unsafe { crate::cpu_amx::matmul_strips(&hi, &lo, mpad, w, bias, out, n, m, k, full) };
+    let n0 = full * NR;
+    if n0 == n {
+        return;
+    }
+    let cols = n - n0;
+    let lc = if compact_last { cols } else { NR };
+    let wstrip = w[full * NR * k..][..lc * k].as_ptr() as *const u16;
+    let kp = k / 2;
+    for r in (0..m).step_by(MR) {
+        let rows = MR.min(m - r);
+        for (term, start) in [
+            (&hi, Start::Bias(bias.map(|b| b[n0..].as_ptr()))),
+            (&lo, Start::Out),
+        ] {
+            // SAFETY: AVX512_BF16 (`supported`, implied by the AMX path); the last strip's
+            // `lc * k` weights, rows r..r+rows of a term (`kp` lanes each), columns n0..n of
+            // `out`'s rows r..r+rows.
+            #[cfg(target_arch = "x86_64")]
+            unsafe {
+                dot::rows(
+                    rows,
+                    term.as_ptr().add(r * kp),
+                    kp,
+                    kp,
+                    false,
+                    wstrip,
+                    lc,
+                    start,
+                    out.add(r * n + n0),
+                    n,
+                    cols,
+                )
+            };
+        }
+    }
+}
+
 /// The product [`matmul_strips_bf16`] computes, in scalar f64 on the same rounded operands
-/// (the bf16 weights, the activations rounded by [`round_bf16`]): the reference of the tests,
-/// on any CPU. The kernels differ from it only by their f32 summation.
+/// (the bf16 weights, the activations as [`activation_value`] gives them: rounded by
+/// [`round_bf16`], or split in two terms on tiles): the reference of the tests, on any CPU. The kernels differ from it only by their f32 summation.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_strips_bf16_reference(
     x: &[f32],
@@ -318,10 +438,7 @@ pub fn matmul_strips_bf16_reference(
     k: usize,
     n: usize,
 ) {
-    let xr: Vec<f64> = x
-        .iter()
-        .map(|&v| f32::from_bits((round_bf16(v) as u32) << 16) as f64)
-        .collect();
+    let xr: Vec<f64> = x.iter().map(|&v| activation_value(v, k)).collect();
     for r in 0..m {
         for c in 0..n {
             let (s, cc) = (c / NR, c % NR);
@@ -331,6 +448,19 @@ pub fn matmul_strips_bf16_reference(
                 .sum();
             out[r * n + c] = bias.map_or(0.0, |b| b[c] as f64) + dot;
         }
+    }
+}
+
+/// The value an activation `v` takes in this process's bf16 products of depth `k`: rounded to
+/// bf16, or the sum of its two bf16 terms where the product runs on tiles
+/// ([`splits_activations`]).
+pub fn activation_value(v: f32, k: usize) -> f64 {
+    let h = round_bf16(v);
+    let hf = f32::from_bits((h as u32) << 16);
+    if splits_activations(k) {
+        hf as f64 + f32::from_bits((round_bf16(v - hf) as u32) << 16) as f64
+    } else {
+        hf as f64
     }
 }
 
@@ -511,8 +641,10 @@ mod tests {
     fn check(got: &[f32], want: &[f64], abs_sum: &[f64], k: usize, what: &str) {
         // f32 summation of k exact products: |error| <= k * 2^-24 * sum |products| (a bound,
         // not an estimate), plus one rounding of the bias.
+        // On tiles, `2k` products (two activation terms).
+        let terms = if splits_activations(k) { 2.0 } else { 1.0 };
         for (i, ((&g, &w), &a)) in got.iter().zip(want).zip(abs_sum).enumerate() {
-            let tol = (k as f64 + 2.0) * 6e-8 * a + 1e-30;
+            let tol = (terms * k as f64 + 2.0) * 6e-8 * a + 1e-30;
             assert!(
                 (g as f64 - w).abs() <= tol,
                 "{what} [{i}]: {g} vs {w} (tol {tol:e})"
@@ -579,7 +711,7 @@ mod tests {
             crate::cpu_quant::Rows::Bf16Strips(&q).decode(k, 0, n, &mut wd);
             let mut got = vec![f32::NAN; m * n];
             matmul_head_bf16(&x, &q, &mut got, m, k, n);
-            let xr = |i: usize| f32::from_bits((round_bf16(x[i]) as u32) << 16) as f64;
+            let xr = |i: usize| activation_value(x[i], k);
             let mut want = vec![0f64; m * n];
             let mut abs_sum = vec![0f64; m * n];
             for r in 0..m {

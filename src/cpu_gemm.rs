@@ -154,7 +154,13 @@ macro_rules! with_kernels {
     ($isa:expr, $f:ident ( $($a:expr),* $(,)? )) => {
         match $isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => drivers::$f::<x86::Avx512>($($a),*),
+            Isa::Avx512 => {
+                if avx512_rows() == MR_AVX512_WIDE {
+                    drivers::$f::<x86::Avx512<MR_AVX512_WIDE>>($($a),*)
+                } else {
+                    drivers::$f::<x86::Avx512<MR_AVX512>>($($a),*)
+                }
+            }
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => drivers::$f::<x86::Avx2>($($a),*),
             other => unreachable!("no {} kernels on this target", other.name()),
@@ -246,10 +252,61 @@ fn default_driver(_isa: Isa) -> Driver {
     Driver::Panel
 }
 
+/// The environment variable that forces the rows of the AVX-512 f32 register block: `8` or
+/// `14` (default: see [`avx512_rows`]). Read once per process; the tests run both.
+pub const AVX512_ROWS_ENV: &str = "DIFFUGPT_CPU_AVX512_ROWS";
+
+/// Rows of the AVX-512 f32 register block in this process (x 32 columns): 14 on Intel, 8
+/// elsewhere, unless [`AVX512_ROWS_ENV`] says otherwise.
+///
+/// Intel's cores have two 512-bit FMA pipes, and with 8 rows (16 accumulators, 128 bytes of
+/// weights per 16 FMAs) the weights' re-reads from L2 held them back: on a Xeon (model 167) 14
+/// rows (28 accumulators, 128 bytes per 28 FMAs) made the forward 8 % faster at 64 positions
+/// and 10 % at 1024 (`benches/ab.sh`, alternating rounds). AMD Zen 4 runs 512-bit FMAs as two
+/// 256-bit halves, and its kernels were tuned at 8 rows.
+pub fn avx512_rows() -> usize {
+    static ROWS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *ROWS.get_or_init(|| {
+        let default = if cpu_is_intel() {
+            MR_AVX512_WIDE
+        } else {
+            MR_AVX512
+        };
+        match std::env::var(AVX512_ROWS_ENV).as_deref() {
+            Err(_) | Ok("") | Ok("auto") => default,
+            Ok("8") => MR_AVX512,
+            Ok("14") => MR_AVX512_WIDE,
+            Ok(other) => {
+                eprintln!(
+                    "note: {AVX512_ROWS_ENV}={other:?} is not one of auto, 8, 14: using auto"
+                );
+                default
+            }
+        }
+    })
+}
+
+/// Whether the CPU's vendor string is Intel's.
+fn cpu_is_intel() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let id = std::arch::x86_64::__cpuid(0);
+        let mut v = [0u8; 12];
+        v[..4].copy_from_slice(&id.ebx.to_le_bytes());
+        v[4..8].copy_from_slice(&id.edx.to_le_bytes());
+        v[8..].copy_from_slice(&id.ecx.to_le_bytes());
+        &v == b"GenuineIntel"
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// The cache blocking of [`Driver::Blocked`] for `isa`'s register block.
 fn blocking(isa: Isa) -> crate::cpu_caches::Blocking {
     let mr = if isa == Isa::Avx512 {
-        MR_AVX512
+        avx512_rows()
     } else {
         MR_AVX2
     };
@@ -419,7 +476,10 @@ fn strip_products(
                     // SAFETY: as above; `buf` holds the strip's K x 32 weights; this task alone
                     // writes columns s*NR..min((s+1)*NR, n).
                     unsafe {
-                        with_kernels!(isa, strip_rows(x, ldx, buf.as_ptr(), bias, o.0, m, k, n, s))
+                        with_kernels!(
+                            isa,
+                            strip_rows(x, ldx, buf.as_ptr(), bias, o.0, m, k, n, s, None)
+                        )
                     };
                 },
             );
@@ -854,6 +914,48 @@ enum Source<'a> {
     Decoded(crate::cpu_quant::Strips<'a>),
 }
 
+/// Cache lines of weights that a register block asks for (into L2) while it computes, two per
+/// depth row: how the strip path overlaps reading the next strip from DRAM with the arithmetic
+/// on this one (with tens of rows, the weights are read once and the two would otherwise take
+/// turns: on the Xeon measured, 0.47 ms of DRAM and 1.27 ms of FMAs per core for `c_fc` at 64
+/// rows, 1.9 ms in the forward). Prefetches never fault, so a range past the end is harmless.
+#[derive(Clone, Copy)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(crate) struct Prefetch {
+    ptr: *const f32,
+    lines: usize,
+}
+
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+impl Prefetch {
+    /// Nothing to prefetch.
+    fn none() -> Self {
+        Prefetch {
+            ptr: std::ptr::null(),
+            lines: 0,
+        }
+    }
+
+    /// Depth rows of a block that carry a prefetch (two lines each), at most `kc`.
+    fn rows(self, kc: usize) -> usize {
+        self.lines.div_ceil(2).min(kc)
+    }
+
+    /// Asks for lines `2 kk` and `2 kk + 1`.
+    ///
+    /// # Safety
+    /// SSE (every x86-64 CPU); `ptr` need not be valid (prefetches never fault), but the
+    /// address arithmetic must not overflow.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn at(self, kk: usize) {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+        let p = self.ptr.wrapping_add(32 * kk) as *const i8;
+        _mm_prefetch::<_MM_HINT_T1>(p);
+        _mm_prefetch::<_MM_HINT_T1>(p.wrapping_add(64));
+    }
+}
+
 /// The register kernels of one instruction set, behind the cache-level loops of [`drivers`]:
 /// the loops decide which block of `x` meets which block of weights; these multiply them.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
@@ -867,7 +969,8 @@ trait Kernels {
     /// `rows` (1..=`MR`) rows of `x` (`xp`, row stride `ldx`) times `kc` rows of a strip of
     /// `cols` (1..=32) weight columns (`wp`, row stride `ldw`) into `out` (row stride `ldo`),
     /// adding to what `out` holds when `accumulate`, else starting from `bias` (or zero). Reads
-    /// no weight, bias or output column at or beyond `cols`.
+    /// no weight, bias or output column at or beyond `cols`. Meanwhile asks for `pf`'s lines
+    /// (into L2), two per depth row from the first.
     #[allow(clippy::too_many_arguments)]
     unsafe fn micro(
         rows: usize,
@@ -881,6 +984,7 @@ trait Kernels {
         accumulate: bool,
         bias: Option<*const f32>,
         cols: usize,
+        pf: Prefetch,
     );
 
     /// `out[r, c] = x[r, :] . w[c, :]` for the `NT_R x NT_C` tile at (`r0`, `c0`) when `full`,
@@ -905,7 +1009,7 @@ trait Kernels {
 /// `K`'s kernels costs nothing measurable.
 #[cfg(target_arch = "x86_64")]
 mod drivers {
-    use super::{Kernels, Source, KC_PACK, NC, NR};
+    use super::{Kernels, Prefetch, Source, KC_PACK, NC, NR};
     use crate::cpu_caches::Blocking;
     use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
 
@@ -926,12 +1030,25 @@ mod drivers {
         s1: usize,
     ) {
         for s in s0..s1 {
-            strip_rows::<K>(x, ldx, wp.as_ptr().add(s * k * NR), bias, out, m, k, n, s);
+            let next = (s + 1 < s1).then(|| wp.as_ptr().add((s + 1) * k * NR));
+            strip_rows::<K>(
+                x,
+                ldx,
+                wp.as_ptr().add(s * k * NR),
+                bias,
+                out,
+                m,
+                k,
+                n,
+                s,
+                next,
+            );
         }
     }
 
     /// Strip `s` of `x @ w` for all `m` rows (`ldx` apart in `x`), its `K x 32` weights at
-    /// `wstrip` (in the pre-packed weights, or decoded into a buffer).
+    /// `wstrip` (in the pre-packed weights, or decoded into a buffer); `next`: the strip this
+    /// task runs after it, which the register blocks prefetch.
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn strip_rows<K: Kernels>(
         x: &[f32],
@@ -943,12 +1060,26 @@ mod drivers {
         k: usize,
         n: usize,
         s: usize,
+        next: Option<*const f32>,
     ) {
         let n0 = s * NR;
         let cols = NR.min(n - n0);
+        // The next strip's lines, shared out over this strip's register blocks.
+        let (blocks, lines) = (m.div_ceil(K::MR), k * NR / 16);
         let mut r = 0;
         while r < m {
             let rows = K::MR.min(m - r);
+            let b = r / K::MR;
+            let pf = match next {
+                Some(p) => {
+                    let (l0, l1) = (b * lines / blocks, (b + 1) * lines / blocks);
+                    Prefetch {
+                        ptr: p.wrapping_add(16 * l0),
+                        lines: l1 - l0,
+                    }
+                }
+                None => Prefetch::none(),
+            };
             K::micro(
                 rows,
                 x.as_ptr().add(r * ldx),
@@ -961,6 +1092,7 @@ mod drivers {
                 false,
                 bias.map(|b| b.as_ptr().add(n0)),
                 cols,
+                pf,
             );
             r += rows;
         }
@@ -1024,6 +1156,7 @@ mod drivers {
                         kb > 0,
                         bias.map(|b| b.as_ptr().add(n0)),
                         cols,
+                        Prefetch::none(),
                     );
                     r += rows;
                 }
@@ -1117,6 +1250,7 @@ mod drivers {
                         kb > 0,
                         b,
                         NR.min(cols - s0),
+                        Prefetch::none(),
                     );
                     s0 += NR;
                 }
@@ -1233,6 +1367,7 @@ mod drivers {
                                 kb > 0,
                                 bj,
                                 cols,
+                                Prefetch::none(),
                             );
                             r += rows;
                         }
@@ -1312,11 +1447,12 @@ mod drivers {
 pub(crate) mod x86 {
     use super::Kernels;
 
-    pub struct Avx512;
+    /// The AVX-512 kernels with `MR`-row register blocks ([`super::avx512_rows`]).
+    pub struct Avx512<const MR: usize>;
     pub struct Avx2;
 
-    impl Kernels for Avx512 {
-        const MR: usize = super::MR_AVX512;
+    impl<const M: usize> Kernels for Avx512<M> {
+        const MR: usize = M;
         const NT_R: usize = 4;
         const NT_C: usize = 4;
 
@@ -1332,8 +1468,11 @@ pub(crate) mod x86 {
             accumulate: bool,
             bias: Option<*const f32>,
             cols: usize,
+            pf: super::Prefetch,
         ) {
-            avx512::micro_rows(rows, xp, ldx, wp, ldw, out, ldo, kc, accumulate, bias, cols)
+            avx512::micro_rows::<M>(
+                rows, xp, ldx, wp, ldw, out, ldo, kc, accumulate, bias, cols, pf,
+            )
         }
 
         unsafe fn tile_nt(
@@ -1371,8 +1510,11 @@ pub(crate) mod x86 {
             accumulate: bool,
             bias: Option<*const f32>,
             cols: usize,
+            pf: super::Prefetch,
         ) {
-            avx2::micro_rows(rows, xp, ldx, wp, ldw, out, ldo, kc, accumulate, bias, cols)
+            avx2::micro_rows(
+                rows, xp, ldx, wp, ldw, out, ldo, kc, accumulate, bias, cols, pf,
+            )
         }
 
         unsafe fn tile_nt(
@@ -1394,14 +1536,13 @@ pub(crate) mod x86 {
     }
 
     mod avx512 {
-        use super::super::MR_AVX512 as MR;
         use std::arch::x86_64::*;
 
         /// [`micro`] for `rows` (1..=`MR`) rows: the one place that turns a run-time row count
         /// into the register block's compile-time one.
         #[target_feature(enable = "avx512f")]
         #[allow(clippy::too_many_arguments)]
-        pub unsafe fn micro_rows(
+        pub unsafe fn micro_rows<const MR: usize>(
             rows: usize,
             xp: *const f32,
             ldx: usize,
@@ -1413,15 +1554,31 @@ pub(crate) mod x86 {
             accumulate: bool,
             bias: Option<*const f32>,
             cols: usize,
+            pf: super::super::Prefetch,
         ) {
             debug_assert!((1..=MR).contains(&rows));
             let (m0, m1) = super::super::strip_masks(cols);
+            // Blocks that prefetch nothing (all but the strip path's) keep the plain loop.
             macro_rules! go {
                 ($R:literal) => {
-                    micro::<$R>(xp, ldx, wp, ldw, out, ldo, kc, accumulate, bias, m0, m1)
+                    if pf.lines > 0 {
+                        micro::<$R, true>(
+                            xp, ldx, wp, ldw, out, ldo, kc, accumulate, bias, m0, m1, pf,
+                        )
+                    } else {
+                        micro::<$R, false>(
+                            xp, ldx, wp, ldw, out, ldo, kc, accumulate, bias, m0, m1, pf,
+                        )
+                    }
                 };
             }
             match rows {
+                14 => go!(14),
+                13 => go!(13),
+                12 => go!(12),
+                11 => go!(11),
+                10 => go!(10),
+                9 => go!(9),
                 8 => go!(8),
                 7 => go!(7),
                 6 => go!(6),
@@ -1437,7 +1594,7 @@ pub(crate) mod x86 {
         #[target_feature(enable = "avx512f")]
         #[allow(clippy::too_many_arguments)]
         #[inline]
-        unsafe fn micro<const R: usize>(
+        unsafe fn micro<const R: usize, const PF: bool>(
             xp: *const f32,
             ldx: usize,
             mut wp: *const f32,
@@ -1449,6 +1606,7 @@ pub(crate) mod x86 {
             bias: Option<*const f32>,
             m0: __mmask16,
             m1: __mmask16,
+            pf: super::super::Prefetch,
         ) {
             let mut acc0 = [_mm512_setzero_ps(); R];
             let mut acc1 = [_mm512_setzero_ps(); R];
@@ -1462,15 +1620,26 @@ pub(crate) mod x86 {
                     acc1[i] = _mm512_maskz_loadu_ps(m1, b.add(16));
                 }
             }
-            for kk in 0..kc {
-                let w0 = _mm512_maskz_loadu_ps(m0, wp);
-                let w1 = _mm512_maskz_loadu_ps(m1, wp.add(16));
-                for i in 0..R {
-                    let a = _mm512_set1_ps(*xp.add(i * ldx + kk));
-                    acc0[i] = _mm512_fmadd_ps(a, w0, acc0[i]);
-                    acc1[i] = _mm512_fmadd_ps(a, w1, acc1[i]);
-                }
-                wp = wp.add(ldw);
+            macro_rules! depth_row {
+                ($kk:expr) => {
+                    let w0 = _mm512_maskz_loadu_ps(m0, wp);
+                    let w1 = _mm512_maskz_loadu_ps(m1, wp.add(16));
+                    for i in 0..R {
+                        let a = _mm512_set1_ps(*xp.add(i * ldx + $kk));
+                        acc0[i] = _mm512_fmadd_ps(a, w0, acc0[i]);
+                        acc1[i] = _mm512_fmadd_ps(a, w1, acc1[i]);
+                    }
+                    wp = wp.add(ldw);
+                };
+            }
+            // The prefetching rows first, then the plain loop (no test per row).
+            let pf_rows = if PF { pf.rows(kc) } else { 0 };
+            for kk in 0..pf_rows {
+                pf.at(kk);
+                depth_row!(kk);
+            }
+            for kk in pf_rows..kc {
+                depth_row!(kk);
             }
             for i in 0..R {
                 let o = out.add(i * ldo);
@@ -1632,18 +1801,25 @@ pub(crate) mod x86 {
             accumulate: bool,
             bias: Option<*const f32>,
             cols: usize,
+            pf: super::super::Prefetch,
         ) {
             debug_assert!((1..=MR).contains(&rows));
             let mut c = 0;
             while c < cols {
                 let hc = 16.min(cols - c);
                 let (w, o, b) = (wp.add(c), out.add(c), bias.map(|b| b.add(c)));
+                // The first half carries the prefetches.
+                let pf = if c == 0 {
+                    pf
+                } else {
+                    super::super::Prefetch::none()
+                };
                 macro_rules! go {
                     ($R:literal) => {
                         if hc == 16 {
-                            half::<$R, true>(xp, ldx, w, ldw, o, ldo, kc, accumulate, b, hc)
+                            half::<$R, true>(xp, ldx, w, ldw, o, ldo, kc, accumulate, b, hc, pf)
                         } else {
-                            half::<$R, false>(xp, ldx, w, ldw, o, ldo, kc, accumulate, b, hc)
+                            half::<$R, false>(xp, ldx, w, ldw, o, ldo, kc, accumulate, b, hc, pf)
                         }
                     };
                 }
@@ -1674,6 +1850,7 @@ pub(crate) mod x86 {
             accumulate: bool,
             bias: Option<*const f32>,
             cols: usize,
+            pf: super::super::Prefetch,
         ) {
             let (m0, m1) = half_masks(cols);
             let mut acc0 = [_mm256_setzero_ps(); R];
@@ -1691,15 +1868,26 @@ pub(crate) mod x86 {
             // One base pointer per row, all advanced by the same index: the broadcasts' addresses
             // are then base + 4 kk each, not a chain of additions of the row stride.
             let xr: [*const f32; R] = std::array::from_fn(|i| xp.add(i * ldx));
-            for kk in 0..kc {
-                let w0 = load::<FULL>(wp, m0);
-                let w1 = load::<FULL>(wp.add(8), m1);
-                for i in 0..R {
-                    let a = _mm256_broadcast_ss(&*xr[i].add(kk));
-                    acc0[i] = _mm256_fmadd_ps(a, w0, acc0[i]);
-                    acc1[i] = _mm256_fmadd_ps(a, w1, acc1[i]);
-                }
-                wp = wp.add(ldw);
+            macro_rules! depth_row {
+                ($kk:expr) => {
+                    let w0 = load::<FULL>(wp, m0);
+                    let w1 = load::<FULL>(wp.add(8), m1);
+                    for i in 0..R {
+                        let a = _mm256_broadcast_ss(&*xr[i].add($kk));
+                        acc0[i] = _mm256_fmadd_ps(a, w0, acc0[i]);
+                        acc1[i] = _mm256_fmadd_ps(a, w1, acc1[i]);
+                    }
+                    wp = wp.add(ldw);
+                };
+            }
+            // The prefetching rows first, then the plain loop (no test per row).
+            let pf_rows = pf.rows(kc);
+            for kk in 0..pf_rows {
+                pf.at(kk);
+                depth_row!(kk);
+            }
+            for kk in pf_rows..kc {
+                depth_row!(kk);
             }
             for i in 0..R {
                 let o = out.add(i * ldo);
@@ -1777,9 +1965,11 @@ pub(crate) mod x86 {
     }
 }
 
-/// Register-block rows of the AVX-512 and AVX2 kernels (named here for the tests' shapes).
+/// Register-block rows of the AVX-512 (the two [`avx512_rows`] chooses from) and AVX2 kernels.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const MR_AVX512: usize = 8;
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+const MR_AVX512_WIDE: usize = 14;
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 const MR_AVX2: usize = 6;
 
@@ -2106,6 +2296,84 @@ mod tests {
         }
     }
 
+    /// The two AVX-512 register blocks (8 and 14 rows, [`avx512_rows`]) give bitwise the same
+    /// outputs on the strip path (with its prefetches) and the panel path, every row count of a
+    /// block included: each output is the same chain of FMAs along `K`, whatever the block.
+    /// The process's own choice is checked against the reference by the tests above.
+    #[test]
+    fn avx512_row_blocks_agree_bitwise() {
+        if !Isa::supported().contains(&Isa::Avx512) {
+            eprintln!("skipped: no AVX-512 on this CPU");
+            return;
+        }
+        let mut seed = 77;
+        for &(m, k, n) in &[(1, 40, 70), (13, 100, 64), (29, 64, 96), (150, 300, 130)] {
+            let x = rand_vec(m * k, &mut seed);
+            let w = rand_vec(k * n, &mut seed);
+            let bias = rand_vec(n, &mut seed);
+            let wp = pack_nn(&w, k, n);
+            let strips = n.div_ceil(NR);
+            let run = |wide: bool, panel: bool| {
+                let mut out = vec![f32::NAN; m * n];
+                let o = out.as_mut_ptr();
+                let mut buf = vec![0f32; KC_PACK * NC];
+                // SAFETY: AVX-512 checked above; sizes as built.
+                unsafe {
+                    macro_rules! go {
+                        ($K:ty) => {
+                            if panel {
+                                for c0 in (0..n).step_by(NC) {
+                                    drivers::panel::<$K>(
+                                        &x,
+                                        Source::Prepacked(&wp),
+                                        Some(&bias),
+                                        o,
+                                        m,
+                                        k,
+                                        n,
+                                        c0,
+                                        NC.min(n - c0),
+                                        &mut buf,
+                                    );
+                                }
+                            } else {
+                                drivers::strips_prepacked::<$K>(
+                                    &x,
+                                    k,
+                                    &wp,
+                                    Some(&bias),
+                                    o,
+                                    m,
+                                    k,
+                                    n,
+                                    0,
+                                    strips,
+                                );
+                            }
+                        };
+                    }
+                    if wide {
+                        go!(x86::Avx512<MR_AVX512_WIDE>)
+                    } else {
+                        go!(x86::Avx512<MR_AVX512>)
+                    }
+                }
+                out
+            };
+            for panel in [false, true] {
+                let (a, b) = (run(false, panel), run(true, panel));
+                assert!(
+                    a.iter().all(|v| v.is_finite()),
+                    "{m}x{k}x{n}: unwritten outputs"
+                );
+                assert!(
+                    a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()),
+                    "{m}x{k}x{n} panel {panel}: 8 and 14 rows differ"
+                );
+            }
+        }
+    }
+
     /// Both drivers, on every weight source and with blockings small enough that every loop of
     /// the blocked driver runs several times (chunks of strips, depth blocks, row blocks with a
     /// ragged last one), give bitwise the same outputs: each is the same chain of fused
@@ -2117,7 +2385,7 @@ mod tests {
         use crate::cpu_quant::{strips_to_bf16, strips_to_int8, Strips};
         for isa in kernel_isas() {
             let mr = if isa == Isa::Avx512 {
-                MR_AVX512
+                avx512_rows()
             } else {
                 MR_AVX2
             };

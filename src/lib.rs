@@ -15,6 +15,7 @@
 mod backend;
 pub mod bench;
 pub mod config;
+pub mod cpu_amx;
 pub mod cpu_bf16;
 pub mod cpu_caches;
 pub mod cpu_gemm;

@@ -715,11 +715,20 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
     let int8_peak = (backend == "cpu" && rows.iter().any(|r| r.dtype == "int8"))
         .then(bench::int8_peak_gops)
         .flatten();
-    // bf16 forwards on the vdpbf16ps kernels: against the measured bf16 dot-product peak;
-    // where they decode into the f32 kernels, the rate is printed as the reason.
+    // bf16 forwards on AMX tiles or the vdpbf16ps kernels: against the measured peak of those
+    // instructions; where they decode into the f32 kernels, the vdpbf16ps rate is printed as
+    // the reason.
+    let bf16_path_now = diffugpt::cpu_bf16::path();
     let bf16_peak = (backend == "cpu" && rows.iter().any(|r| r.dtype == "bf16"))
-        .then(bench::bf16_dot_peak_gflops)
+        .then(|| match bf16_path_now {
+            diffugpt::cpu_bf16::Bf16Path::Amx => bench::amx_bf16_peak_gflops(),
+            _ => bench::bf16_dot_peak_gflops(),
+        })
         .flatten();
+    let bf16_peak_name = match bf16_path_now {
+        diffugpt::cpu_bf16::Bf16Path::Amx => "AMX tile (tdpbf16ps)",
+        _ => "bf16 dot-product (vdpbf16ps)",
+    };
     let bandwidth = (backend == "cpu" && a.arm_tokens > 0).then(bench::memory_bandwidth_gbs);
     let mb_of = |d: &str| weight_mb.iter().find(|(n, _)| *n == d).map(|w| w.1);
     // tokens/s if a one-row step cost only the reading of its weights once.
@@ -765,7 +774,8 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
             let out = serde_json::json!({
                 "model": name, "params": params, "backend": backend, "threads": threads,
                 "forward_ms": forward, "forward_gflops": gflops, "fma_peak_gflops": peak,
-                "int8_peak_gops": int8_peak, "bf16_dot_peak_gflops": bf16_peak,
+                "int8_peak_gops": int8_peak, "bf16_peak_gflops": bf16_peak,
+                "bf16_peak_instructions": bf16_peak_name,
                 "memory_bandwidth_gbs": bandwidth, "arm": arm,
                 "weight_mb": weight_mb.iter().map(|(d, mb)| (d.to_string(), (*mb).into())).collect::<serde_json::Map<String, serde_json::Value>>(),
                 "cpu_kernels": kernels,
@@ -803,7 +813,12 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
                         format!("{:.0}% of int8", 100.0 * g / int8_peak.unwrap_or(1.0))
                     }
                     (Some(g), _, _) if r.dtype == "bf16" && bf16_dot && bf16_peak.is_some() => {
-                        format!("{:.0}% of bf16", 100.0 * g / bf16_peak.unwrap_or(1.0))
+                        let of = if bf16_path_now == diffugpt::cpu_bf16::Bf16Path::Amx {
+                            "amx"
+                        } else {
+                            "bf16"
+                        };
+                        format!("{:.0}% of {of}", 100.0 * g / bf16_peak.unwrap_or(1.0))
                     }
                     (Some(g), Some(p), _) => format!("{:.0}%", 100.0 * g / p),
                     (_, _, Some(f)) => format!("{:.0}% of floor", 100.0 * r.per_s / f),
@@ -852,12 +867,13 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
             if let Some(bp) = bf16_peak {
                 writeln!(
                     o,
-                    "bf16 dot-product (vdpbf16ps) peak, measured now: {bp:.1} GFLOP/s ({:.2}x the f32 FMA peak; {})",
+                    "{bf16_peak_name} peak, measured now: {bp:.1} GFLOP/s ({:.2}x the f32 FMA peak; {})",
                     bp / peak.unwrap_or(f64::NAN),
-                    if bf16_dot {
-                        "the bf16 rows' % is of this peak"
-                    } else {
-                        "the bf16 rows decode into the f32 kernels"
+                    match bf16_path_now {
+                        diffugpt::cpu_bf16::Bf16Path::Amx => "the bf16 rows' % is of this peak, \
+                            of which their two activation terms leave half",
+                        diffugpt::cpu_bf16::Bf16Path::Dot => "the bf16 rows' % is of this peak",
+                        diffugpt::cpu_bf16::Bf16Path::Decode => "the bf16 rows decode into the f32 kernels",
                     }
                 )?;
             }
