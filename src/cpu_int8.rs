@@ -483,7 +483,9 @@ unsafe fn strips_q8(
                     for _ in 0..per_call {
                         if pf_line < lines {
                             // SAFETY: a prefetch never faults; the address stays in `w`.
-                            unsafe { _mm_prefetch::<_MM_HINT_T1>(p.add(64 * pf_line) as *const i8) };
+                            unsafe {
+                                _mm_prefetch::<_MM_HINT_T1>(p.add(64 * pf_line) as *const i8)
+                            };
                             pf_line += 1;
                         }
                     }

@@ -739,6 +739,12 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
     // Which CPU kernels ran (DIFFUGPT_CPU_KERNELS can force the portable ones).
     let kernels = diffugpt::cpu_gemm::isa().name();
     let loops = diffugpt::cpu_gemm::driver().name();
+    // The AVX-512 register block's rows (14 on Intel, 8 elsewhere; DIFFUGPT_CPU_AVX512_ROWS).
+    let rows_note = if diffugpt::cpu_gemm::isa() == diffugpt::cpu_gemm::Isa::Avx512 {
+        format!("{}-row blocks, ", diffugpt::cpu_gemm::avx512_rows())
+    } else {
+        String::new()
+    };
     // How int8 projections multiply (VNNI or AVX2 integer dot products, or decoded to f32;
     // DIFFUGPT_CPU_INT8).
     let int8_path = diffugpt::cpu_int8::path_name();
@@ -780,6 +786,7 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
                 "weight_mb": weight_mb.iter().map(|(d, mb)| (d.to_string(), (*mb).into())).collect::<serde_json::Map<String, serde_json::Value>>(),
                 "cpu_kernels": kernels,
                 "cpu_gemm_loops": loops,
+                "cpu_avx512_rows": (kernels == "avx512").then(diffugpt::cpu_gemm::avx512_rows),
                 "cpu_int8": int8_path,
                 "cpu_bf16": bf16_path,
                 // The accelerator's kernel image and graph capture failures (null / empty on
@@ -852,7 +859,7 @@ fn bench_cmd(a: BenchArgs) -> Result<()> {
                 writeln!(
                     o,
                     "\nCPU f32 FMA peak, measured now (threads: {threads}): {p:.1} GFLOP/s ({}); \
-                     CPU kernels: {kernels} ({loops} loops); int8 products: {int8_path}; bf16 products: {bf16_path}",
+                     CPU kernels: {kernels} ({rows_note}{loops} loops); int8 products: {int8_path}; bf16 products: {bf16_path}",
                     shares.join(", ")
                 )?;
             }
