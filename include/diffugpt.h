@@ -154,9 +154,10 @@ typedef struct {
   uint32_t device;
   // Compute threads; 0 = all cores. Applies process-wide on first use.
   uint32_t n_threads;
-  // 0 = f32; 1 = bf16 (CUDA: bf16 compute, and on a CPU fallback f32; CPU: bf16 weights, f32
-  // arithmetic, half the memory); 2 = int8 weights (CPU only: one f32 scale per 32 weights,
-  // 0.28x the memory). bf16 and int8 on the CPU need AVX2 or AVX-512 (else DGPT_ERR_CONFIG).
+  // 0 = f32; 1 = bf16 (CUDA: bf16 compute, and on a CPU fallback f32; CPU: bf16 weights, half
+  // the memory, products summed in f32, on AMX tiles or `vdpbf16ps` where the CPU has them);
+  // 2 = int8 weights (CPU only: one f32 scale per 32 weights, 0.28x the memory). bf16 and int8
+  // on the CPU need AVX2 or AVX-512 (else DGPT_ERR_CONFIG).
   uint32_t dtype;
   // tokenizer.json path, or NULL for the one next to the weights.
   const char *tokenizer_path;

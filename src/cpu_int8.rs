@@ -1026,6 +1026,8 @@ mod tests {
                 (13, 300, 200),
                 (64, 768, 96),
                 (3, 64, 60),
+                (5, 64, 40),
+                (11, 96, 33),
                 (200, 768, 40),
                 (2, 0, 20),
                 // Many rows: several groups of rows (L2 / 2 of quantised rows each) on any

@@ -37,7 +37,7 @@ impl Model {
         let tok_path = opts.tokenizer.take().or(files.tokenizer);
         let device = opts.device;
         // On a GPU the dtype is the GPU's compute dtype; the CPU copy (ARM path, fallback)
-        // stays f32. On the CPU, bf16 means bf16 weights with f32 arithmetic.
+        // stays f32. On the CPU, bf16 means bf16 weights with sums in f32.
         let mut cpu_weights = opts.cpu_weights;
         let gpu_dtype = if device == ComputeDevice::Cuda {
             opts.dtype.take()

@@ -350,9 +350,10 @@ pub struct dgpt_model_params {
     pub device: u32,
     /// Compute threads; 0 = all cores. Applies process-wide on first use.
     pub n_threads: u32,
-    /// 0 = f32; 1 = bf16 (CUDA: bf16 compute, and on a CPU fallback f32; CPU: bf16 weights, f32
-    /// arithmetic, half the memory); 2 = int8 weights (CPU only: one f32 scale per 32 weights,
-    /// 0.28x the memory). bf16 and int8 on the CPU need AVX2 or AVX-512 (else DGPT_ERR_CONFIG).
+    /// 0 = f32; 1 = bf16 (CUDA: bf16 compute, and on a CPU fallback f32; CPU: bf16 weights, half
+    /// the memory, products summed in f32, on AMX tiles or `vdpbf16ps` where the CPU has them);
+    /// 2 = int8 weights (CPU only: one f32 scale per 32 weights, 0.28x the memory). bf16 and int8
+    /// on the CPU need AVX2 or AVX-512 (else DGPT_ERR_CONFIG).
     pub dtype: u32,
     /// tokenizer.json path, or NULL for the one next to the weights.
     pub tokenizer_path: *const c_char,

@@ -123,8 +123,9 @@ struct ModelArgs {
     #[arg(long, default_value = "cpu")]
     device: String,
     /// f32, bf16 or int8. On cuda: the compute dtype (bf16 by default; int8 is refused). On the
-    /// CPU: how projections and head are stored, with f32 arithmetic (bf16: half the memory;
-    /// int8: 0.28x, one scale per 32 weights); f32 by default
+    /// CPU: how projections and head are stored, products summed in f32 (bf16: half the memory,
+    /// on AMX tiles or vdpbf16ps where the CPU has them; int8: 0.28x, one scale per 32 weights);
+    /// f32 by default
     #[arg(long)]
     dtype: Option<String>,
 }
