@@ -80,6 +80,96 @@ fn detect() -> bool {
     false
 }
 
+/// Whether this CPU and OS also run AMX-INT8 tiles (with [`available`]'s permission, and AVX-512
+/// VNNI for the strips the tiles leave to the VNNI kernels).
+pub fn int8_available() -> bool {
+    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OK.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            available()
+                && std::is_x86_feature_detected!("avx512vnni")
+                && std::arch::x86_64::__cpuid_count(7, 0).edx & (1 << 25) != 0
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
+/// `out[m, n] (+)= ` the int8 product of [`crate::cpu_int8`] on tiles, for the `full_strips`
+/// first strips (32 columns each) of int8 strip weights: `tdpbsud` (signed activation bytes x
+/// the weights' unsigned, biased bytes) gives each 32-deep block's exact integer sums, 16 x 16
+/// at a time; the same epilogue as the VNNI kernel (`-128 * sum(x_q)` for the bias, then
+/// `f += float(sum) * (scale_w * scale_x)` as one FMA) makes the result bitwise the VNNI
+/// kernel's (tested). `xq`: the activations as [`crate::cpu_int8::quantize_rows`] gives them.
+///
+/// # Safety
+/// [`int8_available`] must hold; `w` must hold the `full_strips` strips of `xq.blocks` blocks,
+/// `bias` (if any) at least `full_strips * 32` values; `out` must be valid for writes of `m`
+/// rows of `ldo >= full_strips * 32` values.
+pub unsafe fn matmul_q8_strips(
+    xq: &crate::cpu_int8::QuantRows,
+    w: &[u8],
+    bias: Option<&[f32]>,
+    out: *mut f32,
+    ldo: usize,
+    m: usize,
+    full_strips: usize,
+) {
+    use crate::cpu_quant::Q8_STRIP_BLOCK;
+    assert!(int8_available(), "AMX int8 products: no tiles here");
+    let (kq, blocks) = (xq.kq, xq.blocks);
+    assert!(
+        kq == blocks * 32 && xq.q.len() == m * kq,
+        "AMX int8 products: input size"
+    );
+    assert!(
+        w.len() >= full_strips * blocks * Q8_STRIP_BLOCK,
+        "AMX int8 products: weight size"
+    );
+    assert!(
+        bias.is_none_or(|b| b.len() >= full_strips * NR),
+        "AMX int8 products: bias size"
+    );
+    // The A tiles read whole 16-row groups: the rows past `m` padded with zeros.
+    let mpad = padded_rows(m);
+    let mut qpad = vec![0i8; mpad * kq];
+    qpad[..m * kq].copy_from_slice(&xq.q);
+    let optr = SendPtr(out);
+    let strip_bytes = blocks * Q8_STRIP_BLOCK;
+    (0..full_strips).into_par_iter().for_each(|s| {
+        let o = optr;
+        let wstrip = w[s * strip_bytes..][..strip_bytes].as_ptr();
+        let next = if s + 1 < full_strips {
+            w[(s + 1) * strip_bytes..].as_ptr()
+        } else {
+            std::ptr::null()
+        };
+        let b = bias.map(|b| b[s * NR..][..NR].as_ptr());
+        // SAFETY: `int8_available()` (asserted); sizes asserted above; this task alone writes
+        // columns s*32..s*32+32 of the `m` rows.
+        #[cfg(target_arch = "x86_64")]
+        unsafe {
+            tiles::strip_q8(
+                qpad.as_ptr(),
+                kq,
+                xq.d.as_ptr(),
+                xq.sum.as_ptr(),
+                blocks,
+                wstrip,
+                b,
+                o.0.add(s * NR),
+                ldo,
+                m,
+                next,
+                strip_bytes,
+            );
+        }
+    });
+}
+
 /// Whether [`matmul_strips`] takes this product: tiles available and the depth a whole number of
 /// tile steps (GPT-2's 768 and 3072 are; other depths stay on the `vdpbf16ps` kernels).
 pub fn runs(k: usize) -> bool {
@@ -338,6 +428,141 @@ mod tiles {
                 let cr = cp.add(r * NR);
                 _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(cr), b0));
                 _mm512_storeu_ps(o.add(16), _mm512_add_ps(_mm512_loadu_ps(cr.add(16)), b1));
+            }
+        }
+        asm!("tilerelease", options(nostack, nomem));
+    }
+
+    /// The int8 tile configuration: C tiles `tmm0-3` 16 x 16 int32, A tiles `tmm4-5` 16 rows x
+    /// 32 activation bytes (one block), B tiles `tmm6-7` 8 groups of 4 depths x 16 columns.
+    const CONFIG_Q8: Config = {
+        let mut c = [0u8; 64];
+        c[0] = 1;
+        let mut t = 0;
+        while t < 8 {
+            c[16 + 2 * t] = if t == 4 || t == 5 { 32 } else { 64 };
+            c[48 + t] = if t >= 6 { 8 } else { 16 };
+            t += 1;
+        }
+        Config(c)
+    };
+
+    /// One int8 strip (32 columns, `blocks` blocks of 32 depths) against all `m` rows, 32 at a
+    /// time (`q`: `ceil(m / 32) * 32` rows of `kq` bytes): per block, four C tiles of integer
+    /// sums, stored and folded into the f32 sums (in L1) as the VNNI kernel folds its
+    /// registers. Meanwhile the `next` strip (`bytes` long; null: none) is prefetched into L2.
+    ///
+    /// # Safety
+    /// AMX-INT8 usable by this process, AVX-512F; sizes as [`super::matmul_q8_strips`] asserts.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn strip_q8(
+        q: *const i8,
+        kq: usize,
+        xd: *const f32,
+        xsum: *const i32,
+        blocks: usize,
+        w: *const u8,
+        bias: Option<*const f32>,
+        out: *mut f32,
+        ldo: usize,
+        m: usize,
+        next: *const u8,
+        bytes: usize,
+    ) {
+        use crate::cpu_quant::Q8_ROW_BLOCK;
+        asm!("ldtilecfg [{}]", in(reg) CONFIG_Q8.0.as_ptr(), options(nostack, readonly));
+        let row_blocks = m.div_ceil(MB);
+        let pf_lines = if next.is_null() {
+            0
+        } else {
+            bytes.div_ceil(64)
+        };
+        let per_step = pf_lines.div_ceil((row_blocks * blocks).max(1));
+        let mut pf_line = 0;
+        let mut ibuf = [0i32; MB * NR];
+        let mut acc = [0f32; MB * NR];
+        let (b0, b1) = match bias {
+            Some(b) => (_mm512_loadu_ps(b), _mm512_loadu_ps(b.add(16))),
+            None => (_mm512_setzero_ps(), _mm512_setzero_ps()),
+        };
+        for rb in 0..row_blocks {
+            let r0 = rb * MB;
+            let rows = MB.min(m - r0);
+            for r in 0..MB {
+                _mm512_storeu_ps(acc.as_mut_ptr().add(r * NR), b0);
+                _mm512_storeu_ps(acc.as_mut_ptr().add(r * NR + 16), b1);
+            }
+            for blk in 0..blocks {
+                for _ in 0..per_step {
+                    if pf_line < pf_lines {
+                        _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add(64 * pf_line) as *const i8);
+                        pf_line += 1;
+                    }
+                }
+                let wb = w.add(blk * NR * Q8_ROW_BLOCK);
+                let vals = wb.add(NR * 4);
+                let a = q.add(r0 * kq + blk * 32);
+                let ip = ibuf.as_mut_ptr();
+                asm!(
+                    "tilezero tmm0",
+                    "tilezero tmm1",
+                    "tilezero tmm2",
+                    "tilezero tmm3",
+                    "tileloadd tmm4, [{a0} + {lda}*1]",
+                    "tileloadd tmm6, [{v0} + {ldb}*1]",
+                    "tdpbsud tmm0, tmm4, tmm6",
+                    "tileloadd tmm7, [{v1} + {ldb}*1]",
+                    "tdpbsud tmm1, tmm4, tmm7",
+                    "tileloadd tmm5, [{a1} + {lda}*1]",
+                    "tdpbsud tmm2, tmm5, tmm6",
+                    "tdpbsud tmm3, tmm5, tmm7",
+                    "tilestored [{c0} + {ldc}*1], tmm0",
+                    "tilestored [{c1} + {ldc}*1], tmm1",
+                    "tilestored [{c2} + {ldc}*1], tmm2",
+                    "tilestored [{c3} + {ldc}*1], tmm3",
+                    a0 = in(reg) a,
+                    a1 = in(reg) a.add(16 * kq),
+                    lda = in(reg) kq,
+                    v0 = in(reg) vals,
+                    v1 = in(reg) vals.add(64),
+                    ldb = in(reg) 4 * NR,
+                    c0 = in(reg) ip,
+                    c1 = in(reg) ip.add(16),
+                    c2 = in(reg) ip.add(16 * NR),
+                    c3 = in(reg) ip.add(16 * NR + 16),
+                    ldc = in(reg) 4 * NR,
+                    options(nostack)
+                );
+                let s0 = _mm512_loadu_ps(wb as *const f32);
+                let s1 = _mm512_loadu_ps((wb as *const f32).add(16));
+                for r in 0..rows {
+                    let i = (r0 + r) * blocks + blk;
+                    let c = _mm512_set1_epi32(-128 * *xsum.add(i));
+                    let d = _mm512_set1_ps(*xd.add(i));
+                    let ir = ip.add(r * NR);
+                    let ar = acc.as_mut_ptr().add(r * NR);
+                    let a0 = _mm512_add_epi32(_mm512_loadu_si512(ir as *const _), c);
+                    let a1 = _mm512_add_epi32(_mm512_loadu_si512(ir.add(16) as *const _), c);
+                    let f0 = _mm512_fmadd_ps(
+                        _mm512_cvtepi32_ps(a0),
+                        _mm512_mul_ps(s0, d),
+                        _mm512_loadu_ps(ar),
+                    );
+                    let f1 = _mm512_fmadd_ps(
+                        _mm512_cvtepi32_ps(a1),
+                        _mm512_mul_ps(s1, d),
+                        _mm512_loadu_ps(ar.add(16)),
+                    );
+                    _mm512_storeu_ps(ar, f0);
+                    _mm512_storeu_ps(ar.add(16), f1);
+                }
+            }
+            for r in 0..rows {
+                let o = out.add((r0 + r) * ldo);
+                let ar = acc.as_ptr().add(r * NR);
+                _mm512_storeu_ps(o, _mm512_loadu_ps(ar));
+                _mm512_storeu_ps(o.add(16), _mm512_loadu_ps(ar.add(16)));
             }
         }
         asm!("tilerelease", options(nostack, nomem));

@@ -33,7 +33,8 @@ use crate::cpu_quant::{Q8_ROW_BLOCK, Q8_STRIP_BLOCK, QK};
 
 /// The environment variable that picks the int8 products: `auto` (default: the fastest integer
 /// kernels the CPU has, see [`kernel`]), `vnni` or `avx2` (those kernels; where the CPU or the
-/// forced kernels lack them, a note and `auto`'s choice), `decode` (decode the weights to f32 and
+/// forced kernels lack them, a note and `auto`'s choice), `amx` (VNNI with its full strips on
+/// AMX-INT8 tiles, see [`tiles`]), `decode` (decode the weights to f32 and
 /// run the f32 kernels, activations not rounded). Read once per process.
 pub const INT8_ENV: &str = "DIFFUGPT_CPU_INT8";
 
@@ -120,12 +121,12 @@ pub fn kernel() -> Option<Int8Kernel> {
         };
         match std::env::var(INT8_ENV).as_deref() {
             Err(_) | Ok("") | Ok("auto") => auto(),
-            Ok("vnni") => forced(Int8Kernel::Vnni),
+            Ok("vnni") | Ok("amx") => forced(Int8Kernel::Vnni),
             Ok("avx2") => forced(Int8Kernel::Avx2),
             Ok("decode") => None,
             Ok(other) => {
                 eprintln!(
-                    "note: {INT8_ENV}={other:?} is not one of auto, vnni, avx2, decode: using auto"
+                    "note: {INT8_ENV}={other:?} is not one of auto, amx, vnni, avx2, decode: using auto"
                 );
                 auto()
             }
@@ -138,9 +139,38 @@ pub fn active() -> bool {
     kernel().is_some()
 }
 
+/// Whether the VNNI products run their full strips on AMX-INT8 tiles
+/// ([`crate::cpu_amx::matmul_q8_strips`], bitwise the VNNI kernel's results): only where
+/// [`INT8_ENV`]`=amx` asks for them. Not by default: with a scale per 32 depths, every
+/// `tdpbsud` (16 x 16 x 32) needs its integer tile stored and folded into the f32 sums by
+/// AVX-512 (about 450 instructions per 32 x 32 x 32 block), and on the Xeon measured the int8
+/// forward ran 0.93-1.01x the VNNI kernels' time (`benches/ab.sh`, 5 alternating rounds):
+/// within the noise.
+pub fn tiles() -> bool {
+    static TILES: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *TILES.get_or_init(|| {
+        let can = kernel() == Some(Int8Kernel::Vnni) && crate::cpu_amx::int8_available();
+        match std::env::var(INT8_ENV).as_deref() {
+            Ok("amx") if can => true,
+            Ok("amx") => {
+                eprintln!(
+                    "note: {INT8_ENV}=amx but this CPU or OS has no AMX-INT8 tiles: using {}",
+                    kernel().map_or("decode", Int8Kernel::name)
+                );
+                false
+            }
+            _ => false,
+        }
+    })
+}
+
 /// The name reports print for the int8 products in use.
 pub fn path_name() -> &'static str {
-    kernel().map_or("decode", Int8Kernel::name)
+    if tiles() {
+        "amx"
+    } else {
+        kernel().map_or("decode", Int8Kernel::name)
+    }
 }
 
 /// Activations quantised per row and per block of 32 along `K`: `q` (`m x kq` bytes, `kq` =
@@ -380,14 +410,35 @@ fn process_kernel() -> Int8Kernel {
     kernel().expect("int8 products: no integer kernels run in this process (cpu_int8::kernel)")
 }
 
-/// The driver of both, on `kern`: strips of 32 columns in parallel; `compact_last`: the last strip holds
+/// [`strips_q8_with`], full strips on tiles where [`tiles`] says so.
+///
+/// # Safety
+/// As [`strips_q8_with`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn strips_q8(
+    kern: Int8Kernel,
+    x: &[f32],
+    w: &[u8],
+    bias: Option<&[f32]>,
+    out: *mut f32,
+    m: usize,
+    k: usize,
+    n: usize,
+    compact_last: bool,
+) {
+    // SAFETY: the caller's.
+    unsafe { strips_q8_with(tiles(), kern, x, w, bias, out, m, k, n, compact_last) }
+}
+
+/// The driver of both, on `kern` (`use_tiles`: full strips on AMX tiles, where they run): strips of 32 columns in parallel; `compact_last`: the last strip holds
 /// only its `n % 32` columns (36 bytes per column and block) instead of a padded 32. Writes
 /// every one of the `m x n` values of `out`.
 ///
 /// # Safety
 /// `out` must be valid for writes of `m x n` f32.
 #[allow(clippy::too_many_arguments)]
-unsafe fn strips_q8(
+unsafe fn strips_q8_with(
+    use_tiles: bool,
     kern: Int8Kernel,
     x: &[f32],
     w: &[u8],
@@ -417,6 +468,23 @@ unsafe fn strips_q8(
         Int8Kernel::Vnni => Vec::new(),
     };
     let optr = SendPtr(out);
+    // On tiles, the strips with 32 columns; the VNNI kernels below take a narrower last one.
+    let first = if use_tiles
+        && kern == Int8Kernel::Vnni
+        && crate::cpu_amx::int8_available()
+        && k == blocks * QK
+    {
+        let full = n / NR;
+        // SAFETY: `int8_available()` checked; the entry points checked the weight
+        // and bias sizes; `out` holds m x n values (the caller).
+        unsafe { crate::cpu_amx::matmul_q8_strips(&xq, w, bias, out, n, m, full) };
+        full
+    } else {
+        0
+    };
+    if first == strips {
+        return;
+    }
     // Many rows: groups of rows whose quantised bytes (`k`, and `|x|` on AVX2) take half of L2,
     // each group against every strip, so that the rows come from L2 for all strips instead of
     // from L3 for each (at 1024 rows, 1.5-6 MiB of them per strip). Rayon hands each thread
@@ -429,8 +497,9 @@ unsafe fn strips_q8(
         (l2 / 2 / row_bytes.max(1) / MR * MR).clamp(MR, m)
     };
     let groups = m.div_ceil(group).max(1);
-    (0..groups * strips).into_par_iter().for_each(|task| {
-        let (g, s) = (task / strips, task % strips);
+    let count = strips - first;
+    (0..groups * count).into_par_iter().for_each(|task| {
+        let (g, s) = (task / count, first + task % count);
         let (r_lo, r_hi) = (g * group, ((g + 1) * group).min(m));
         let o = optr;
         let n0 = s * NR;
@@ -1068,6 +1137,71 @@ mod tests {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    /// On AMX-INT8 tiles the products are bitwise the VNNI kernel's (the same integers, the same
+    /// f32 epilogue), for projections and heads (a compact last strip left to VNNI), rows below,
+    /// at and past the 32-row block, short and long depths.
+    #[test]
+    fn tiles_equal_vnni_bitwise() {
+        if !(crate::cpu_amx::int8_available() && Int8Kernel::Vnni.supported()) {
+            eprintln!("SKIPPED: no AMX-INT8 tiles in this process");
+            return;
+        }
+        let mut seed = 500;
+        for &(m, k, n, compact) in &[
+            (1, 32, 32, false),
+            (5, 64, 96, false),
+            (33, 96, 64, false),
+            (70, 768, 64, true),
+            (64, 256, 45, true),
+            (7, 64, 80, false),
+        ] {
+            seed += 1;
+            let x = rand_vec(m * k, seed);
+            let w = rand_vec(k * n, seed + 1);
+            let bias = rand_vec(n, seed + 2);
+            let (q, bias) = if compact {
+                (crate::cpu_quant::rows_to_int8_strips(&w, k, n), None)
+            } else {
+                let packed = crate::cpu_gemm::pack_nn(&w, k, n);
+                (
+                    crate::cpu_quant::strips_to_int8(&packed, k, n),
+                    Some(&bias[..]),
+                )
+            };
+            let run = |t: bool| {
+                let mut out = vec![f32::NAN; m * n];
+                // SAFETY: `out` holds m x n values; VNNI supported (checked above).
+                unsafe {
+                    strips_q8_with(
+                        t,
+                        Int8Kernel::Vnni,
+                        &x,
+                        &q,
+                        bias,
+                        out.as_mut_ptr(),
+                        m,
+                        k,
+                        n,
+                        compact,
+                    )
+                };
+                out
+            };
+            let (v, t) = (run(false), run(true));
+            assert!(
+                v.iter().all(|f| f.is_finite()),
+                "{m}x{k}x{n}: unwritten outputs"
+            );
+            for (i, (a, b)) in v.iter().zip(&t).enumerate() {
+                assert_eq!(
+                    a.to_bits(),
+                    b.to_bits(),
+                    "{m}x{k}x{n} compact {compact} [{i}]: {a} vs {b}"
+                );
             }
         }
     }
