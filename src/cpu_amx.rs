@@ -195,14 +195,10 @@ pub fn split_rows(x: &[f32], m: usize, k: usize, mpad: usize) -> (Vec<u32>, Vec<
         return (hi, lo);
     }
     for ((two, h), l) in x.chunks_exact(2).zip(hi.iter_mut()).zip(lo.iter_mut()) {
-        let mut terms = [(0u16, 0u16); 2];
-        for (t, &v) in terms.iter_mut().zip(two) {
-            let th = crate::cpu_bf16::round_bf16(v);
-            *t = (
-                th,
-                crate::cpu_bf16::round_bf16(v - f32::from_bits((th as u32) << 16)),
-            );
-        }
+        let terms = [
+            crate::cpu_bf16::bf16_terms(two[0]),
+            crate::cpu_bf16::bf16_terms(two[1]),
+        ];
         *h = terms[0].0 as u32 | (terms[1].0 as u32) << 16;
         *l = terms[0].1 as u32 | (terms[1].1 as u32) << 16;
     }
@@ -356,11 +352,9 @@ mod tiles {
         let lda = 2 * k; // bytes per activation row
         let ldb = 4 * NR; // bytes per depth pair of the strip (32 columns x 2 bf16)
         let mut c = [0f32; MB * NR];
-        // A strip is `k` lines of 64 bytes (32 columns x 2 bf16 per depth row, 2 rows per line
-        // pair); `per_step` of them per depth step cover it over all blocks.
-        let pf_lines = if next.is_null() { 0 } else { k };
-        let per_step = pf_lines.div_ceil((blocks * k / KB).max(1));
-        let mut pf_line = 0;
+        // A strip is `64 k` bytes (32 columns x 2 bf16 per depth row), asked for over every
+        // depth step of every block.
+        let mut pf = crate::cpu_gemm::PrefetchStream::new(next, 64 * k, blocks * k / KB);
         for blk in 0..blocks {
             let a_hi = hi.add(blk * MB * k);
             let a_lo = lo.add(blk * MB * k);
@@ -372,12 +366,7 @@ mod tiles {
                 options(nostack, nomem)
             );
             for k0 in (0..k).step_by(KB) {
-                for _ in 0..per_step {
-                    if pf_line < pf_lines {
-                        _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add(64 * pf_line) as *const i8);
-                        pf_line += 1;
-                    }
-                }
+                pf.ask();
                 let b0 = w.add(k0 * NR); // pair row k0 / 2, 2 bf16 per column
                 asm!(
                     "tileloadd tmm4, [{h0} + {lda}*1]",
@@ -473,13 +462,7 @@ mod tiles {
         use crate::cpu_quant::Q8_ROW_BLOCK;
         asm!("ldtilecfg [{}]", in(reg) CONFIG_Q8.0.as_ptr(), options(nostack, readonly));
         let row_blocks = m.div_ceil(MB);
-        let pf_lines = if next.is_null() {
-            0
-        } else {
-            bytes.div_ceil(64)
-        };
-        let per_step = pf_lines.div_ceil((row_blocks * blocks).max(1));
-        let mut pf_line = 0;
+        let mut pf = crate::cpu_gemm::PrefetchStream::new(next, bytes, row_blocks * blocks);
         let mut ibuf = [0i32; MB * NR];
         let mut acc = [0f32; MB * NR];
         let (b0, b1) = match bias {
@@ -494,12 +477,7 @@ mod tiles {
                 _mm512_storeu_ps(acc.as_mut_ptr().add(r * NR + 16), b1);
             }
             for blk in 0..blocks {
-                for _ in 0..per_step {
-                    if pf_line < pf_lines {
-                        _mm_prefetch::<_MM_HINT_T1>(next.wrapping_add(64 * pf_line) as *const i8);
-                        pf_line += 1;
-                    }
-                }
+                pf.ask();
                 let wb = w.add(blk * NR * Q8_ROW_BLOCK);
                 let vals = wb.add(NR * 4);
                 let a = q.add(r0 * kq + blk * 32);
@@ -658,25 +636,10 @@ pub fn matmul_strips_reference(
     k: usize,
     n: usize,
 ) {
-    let two = |v: f32| {
-        let h = crate::cpu_bf16::round_bf16(v);
-        let hf = f32::from_bits((h as u32) << 16);
-        let l = crate::cpu_bf16::round_bf16(v - hf);
-        hf as f64 + f32::from_bits((l as u32) << 16) as f64
-    };
-    let xr: Vec<f64> = x.iter().map(|&v| two(v)).collect();
-    for r in 0..m {
-        for c in 0..n {
-            let (s, cc) = (c / NR, c % NR);
-            let strip = &w[s * NR * k..][..NR * k];
-            let dot: f64 = (0..k)
-                .map(|i| {
-                    xr[r * k + i] * strip[crate::cpu_quant::bf16_pair_index(i, cc, NR, k)].to_f64()
-                })
-                .sum();
-            out[r * n + c] = bias.map_or(0.0, |b| b[c] as f64) + dot;
-        }
-    }
+    crate::cpu_bf16::strips_reference_with(x, w, bias, out, m, k, n, |v| {
+        let (h, l) = crate::cpu_bf16::bf16_terms(v);
+        crate::cpu_bf16::bf16_value(h) + crate::cpu_bf16::bf16_value(l)
+    })
 }
 
 #[cfg(test)]
@@ -701,11 +664,9 @@ mod tests {
             .all(|&v| v == 0));
         for (i, &v) in x.iter().enumerate() {
             let half = |t: &[u32]| (t[i / 2] >> (16 * (i % 2))) as u16;
-            let h = crate::cpu_bf16::round_bf16(v);
-            let l = crate::cpu_bf16::round_bf16(v - f32::from_bits((h as u32) << 16));
+            let (h, l) = crate::cpu_bf16::bf16_terms(v);
             assert_eq!((half(&hi), half(&lo)), (h, l), "value {i}: {v}");
-            let sum =
-                f32::from_bits((h as u32) << 16) as f64 + f32::from_bits((l as u32) << 16) as f64;
+            let sum = crate::cpu_bf16::bf16_value(h) + crate::cpu_bf16::bf16_value(l);
             assert!(
                 (sum - v as f64).abs() <= v.abs() as f64 * 2f64.powi(-16),
                 "{v} vs {sum}"

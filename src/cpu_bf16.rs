@@ -438,7 +438,23 @@ pub fn matmul_strips_bf16_reference(
     k: usize,
     n: usize,
 ) {
-    let xr: Vec<f64> = x.iter().map(|&v| activation_value(v, k)).collect();
+    strips_reference_with(x, w, bias, out, m, k, n, |v| activation_value(v, k));
+}
+
+/// The f64 product of bf16 strips (pair order) and the activations as `value` maps them: the
+/// body of this module's and [`crate::cpu_amx`]'s references.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn strips_reference_with(
+    x: &[f32],
+    w: &[bf16],
+    bias: Option<&[f32]>,
+    out: &mut [f64],
+    m: usize,
+    k: usize,
+    n: usize,
+    value: impl Fn(f32) -> f64,
+) {
+    let xr: Vec<f64> = x.iter().map(|&v| value(v)).collect();
     for r in 0..m {
         for c in 0..n {
             let (s, cc) = (c / NR, c % NR);
@@ -455,13 +471,24 @@ pub fn matmul_strips_bf16_reference(
 /// bf16, or the sum of its two bf16 terms where the product runs on tiles
 /// ([`splits_activations`]).
 pub fn activation_value(v: f32, k: usize) -> f64 {
-    let h = round_bf16(v);
-    let hf = f32::from_bits((h as u32) << 16);
     if splits_activations(k) {
-        hf as f64 + f32::from_bits((round_bf16(v - hf) as u32) << 16) as f64
+        let (h, l) = bf16_terms(v);
+        bf16_value(h) + bf16_value(l)
     } else {
-        hf as f64
+        bf16_value(round_bf16(v))
     }
+}
+
+/// `v` as two bf16 terms, `hi = bf16(v)` and `lo = bf16(v - hi)` ([`round_bf16`] both): the
+/// activations of the AMX products ([`crate::cpu_amx::split_rows`]).
+pub fn bf16_terms(v: f32) -> (u16, u16) {
+    let h = round_bf16(v);
+    (h, round_bf16(v - f32::from_bits((h as u32) << 16)))
+}
+
+/// The value of bf16 bits `b`.
+pub fn bf16_value(b: u16) -> f64 {
+    f32::from_bits((b as u32) << 16) as f64
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -956,6 +956,48 @@ impl Prefetch {
     }
 }
 
+/// A range of bytes asked for into L2 a few cache lines at a time, between pieces of other work:
+/// how the bf16 tile and int8 drivers overlap reading the next strip of weights from DRAM with
+/// the arithmetic on this one (the f32 register blocks do the same inside their loop,
+/// [`Prefetch`]). `per_ask` lines per [`PrefetchStream::ask`] cover the range in `asks` calls.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(crate) struct PrefetchStream {
+    ptr: *const u8,
+    lines: usize,
+    done: usize,
+    per_ask: usize,
+}
+
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+impl PrefetchStream {
+    /// `bytes` from `ptr` (null: nothing) over `asks` calls of [`PrefetchStream::ask`].
+    pub(crate) fn new(ptr: *const u8, bytes: usize, asks: usize) -> Self {
+        let lines = if ptr.is_null() { 0 } else { bytes.div_ceil(64) };
+        PrefetchStream {
+            ptr,
+            lines,
+            done: 0,
+            per_ask: lines.div_ceil(asks.max(1)),
+        }
+    }
+
+    /// Asks for the next `per_ask` lines (fewer at the end). Prefetches never fault, and the
+    /// addresses stay within the range.
+    #[inline]
+    pub(crate) fn ask(&mut self) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+            let end = (self.done + self.per_ask).min(self.lines);
+            for l in self.done..end {
+                // SAFETY: a prefetch has no architectural effect and never faults.
+                unsafe { _mm_prefetch::<_MM_HINT_T1>(self.ptr.wrapping_add(64 * l) as *const i8) };
+            }
+            self.done = end;
+        }
+    }
+}
+
 /// The register kernels of one instruction set, behind the cache-level loops of [`drivers`]:
 /// the loops decide which block of `x` meets which block of weights; these multiply them.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]

@@ -516,17 +516,21 @@ unsafe fn strips_q8_with(
         // The next strip's bytes (this thread's likely next task: rayon hands out contiguous
         // runs), asked for into L2 a few lines between register blocks, so that its DRAM
         // reads overlap this strip's arithmetic instead of taking turns with it.
-        let next = (s + 1 < strips).then(|| {
-            let ln = NR.min(n - n0 - NR.min(n - n0)).max(1);
-            let lc_next = if compact_last { ln } else { NR };
+        let (next, next_bytes) = if s + 1 < strips {
+            let lc_next = if compact_last {
+                NR.min(n - (s + 1) * NR)
+            } else {
+                NR
+            };
             (
                 w[(s + 1) * blocks * Q8_STRIP_BLOCK..].as_ptr(),
-                (blocks * lc_next * Q8_ROW_BLOCK).div_ceil(64),
+                blocks * lc_next * Q8_ROW_BLOCK,
             )
-        });
+        } else {
+            (std::ptr::null(), 0)
+        };
         let calls = blocks.div_ceil(kb) * (r_hi - r_lo).div_ceil(MR);
-        let per_call = next.map_or(0, |(_, lines)| lines.div_ceil(calls.max(1)));
-        let mut pf_line = 0;
+        let mut pf = crate::cpu_gemm::PrefetchStream::new(next, next_bytes, calls);
         let mut b0 = 0;
         // At least one run, so that even K = 0 writes every output (the bias or zero).
         loop {
@@ -546,19 +550,7 @@ unsafe fn strips_q8_with(
                 let xd = xq.d.as_ptr().add(r * blocks + b0);
                 let xsum = xq.sum.as_ptr().add(r * blocks + b0);
                 let orun = o.0.add(r * n + n0);
-                #[cfg(target_arch = "x86_64")]
-                if let Some((p, lines)) = next {
-                    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-                    for _ in 0..per_call {
-                        if pf_line < lines {
-                            // SAFETY: a prefetch never faults; the address stays in `w`.
-                            unsafe {
-                                _mm_prefetch::<_MM_HINT_T1>(p.add(64 * pf_line) as *const i8)
-                            };
-                            pf_line += 1;
-                        }
-                    }
-                }
+                pf.ask();
                 // SAFETY: `kern.supported()` checked above; the slices hold the asserted sizes;
                 // this task alone writes columns n0..n0+cols of rows r..r+rows.
                 #[cfg(target_arch = "x86_64")]
