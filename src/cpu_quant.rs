@@ -141,6 +141,10 @@ impl Strips<'_> {
 #[derive(Clone, Copy, Debug)]
 pub enum Rows<'a> {
     F32(&'a [f32]),
+    /// f32 in [`crate::cpu_gemm::pack_nn`]'s strips of the `[K, N]` weight ([`rows_to_f32_strips`],
+    /// the last strip zero-padded to 32 columns): the projections' layout, so that the head runs
+    /// on the same pre-packed kernels.
+    F32Strips(&'a [f32]),
     Bf16(&'a [bf16]),
     Int8(&'a [u8]),
     /// bf16 in the strip order of [`rows_to_bf16_strips`] (for the `vdpbf16ps` kernels).
@@ -154,13 +158,14 @@ impl Rows<'_> {
     pub fn expected_len(&self, k: usize, n: usize) -> usize {
         match self {
             Rows::F32(_) | Rows::Bf16(_) | Rows::Bf16Strips(_) => n * k,
+            Rows::F32Strips(_) => crate::cpu_gemm::packed_len(k, n),
             Rows::Int8(_) | Rows::Int8Strips(_) => n * k.div_ceil(QK) * Q8_ROW_BLOCK,
         }
     }
 
     pub fn len(&self) -> usize {
         match self {
-            Rows::F32(v) => v.len(),
+            Rows::F32(v) | Rows::F32Strips(v) => v.len(),
             Rows::Bf16(v) | Rows::Bf16Strips(v) => v.len(),
             Rows::Int8(v) | Rows::Int8Strips(v) => v.len(),
         }
@@ -183,6 +188,17 @@ impl Rows<'_> {
                     k,
                     &mut out[..rows * k],
                 );
+            }
+            Rows::F32Strips(w) => {
+                // A gather (one value per 128-byte strip row): fine for the embedding's rows
+                // and the copies that read weights by name.
+                for (i, o) in out[..rows * k].chunks_exact_mut(k).enumerate() {
+                    let v = r0 + i;
+                    let strip = &w[(v / NR) * NR * k..][..NR * k];
+                    for (r, x) in o.iter_mut().enumerate() {
+                        *x = strip[r * NR + v % NR];
+                    }
+                }
             }
             Rows::Bf16Strips(w) => {
                 // A gather, as for int8 below.
@@ -405,6 +421,40 @@ pub fn rows_to_bf16_strips(w: &[f32], k: usize, n: usize) -> Vec<bf16> {
     out
 }
 
+/// `[n, k]` f32 rows to [`Rows::F32Strips`]: `pack_nn` of the `[k, n]` weight they multiply as
+/// (the transpose is never materialised), `crate::cpu_gemm::packed_len(k, n)` values.
+pub fn rows_to_f32_strips(w: &[f32], k: usize, n: usize) -> Vec<f32> {
+    assert_eq!(w.len(), n * k);
+    let mut v = Vec::with_capacity(crate::cpu_gemm::packed_len(k, n));
+    v.extend_from_slice(w);
+    rows_into_f32_strips(v, k, n)
+}
+
+/// [`rows_to_f32_strips`] in place: strip `s` of the `[k, n]` weight is rows `32 s .. 32 s + 32`
+/// of `w`, which occupy the same `32 k` values as the strip does, so each is transposed within
+/// its own span through a one-strip scratch (96 KiB for GPT-2) and the loader never holds the
+/// head twice (154 MB for GPT-2); the last strip grows into its zero padding.
+pub fn rows_into_f32_strips(mut w: Vec<f32>, k: usize, n: usize) -> Vec<f32> {
+    assert_eq!(w.len(), n * k);
+    if k == 0 {
+        return w;
+    }
+    w.resize(crate::cpu_gemm::packed_len(k, n), 0.0);
+    let mut scratch = vec![0f32; NR * k];
+    for (s, strip) in w.chunks_exact_mut(NR * k).enumerate() {
+        let lc = NR.min(n - s * NR);
+        scratch[..lc * k].copy_from_slice(&strip[..lc * k]);
+        strip.fill(0.0);
+        // Column by column: each reads one row of the scratch and writes every 32nd value.
+        for (c, row) in scratch[..lc * k].chunks_exact(k).enumerate() {
+            for (r, &v) in row.iter().enumerate() {
+                strip[r * NR + c] = v;
+            }
+        }
+    }
+    w
+}
+
 /// One scale and the rounded values for `vals` (at most [`QK`]): scale = max |v| / 127.
 fn quantize_block(vals: impl Iterator<Item = f32> + Clone) -> (f32, impl Iterator<Item = i8>) {
     let amax = vals.clone().fold(0f32, |a, v| a.max(v.abs()));
@@ -590,6 +640,34 @@ mod tests {
                 Rows::Bf16(&rb).decode(k, r0, rows, &mut a);
                 Rows::Bf16Strips(&sb).decode(k, r0, rows, &mut b);
                 assert_eq!(a, b, "k {k} rows {r0}..{}", r0 + rows);
+            }
+        }
+    }
+
+    /// The f32 strip head is `pack_nn` of the transposed rows (padding zero), and decoding any
+    /// rows of it gives the rows back exactly (a padded last strip of 13 columns; odd depth).
+    #[test]
+    fn f32_head_strips_are_the_packed_transpose_and_decode_like_rows() {
+        for (k, n) in [(64, 45), (77, 45), (1, 33), (5, 32)] {
+            let w = rand_vec(k * n, 9);
+            let s = rows_to_f32_strips(&w, k, n);
+            assert_eq!(s.len(), Rows::F32Strips(&s).expected_len(k, n));
+            let mut t = vec![0f32; k * n];
+            for (j, row) in w.chunks_exact(k).enumerate() {
+                for (r, &v) in row.iter().enumerate() {
+                    t[r * n + j] = v;
+                }
+            }
+            assert_eq!(s, crate::cpu_gemm::pack_nn(&t, k, n), "k {k} n {n}");
+            for (r0, rows) in [(0, n), (n - 3, 3), (n - 1, 1)] {
+                let mut b = vec![f32::NAN; rows * k];
+                Rows::F32Strips(&s).decode(k, r0, rows, &mut b);
+                assert_eq!(
+                    b,
+                    w[r0 * k..(r0 + rows) * k],
+                    "k {k} rows {r0}..{}",
+                    r0 + rows
+                );
             }
         }
     }

@@ -50,7 +50,12 @@ impl Model {
             opts.dtype = None;
             None
         };
-        let (gpt, info) = weights::load(path, opts)?;
+        opts.cpu_weights = cpu_weights;
+        let (gpt, info) = if device == ComputeDevice::Cpu {
+            weights::load_for_cpu(path, opts)?
+        } else {
+            weights::load(path, opts)?
+        };
         let tokenizer = match tok_path {
             Some(p) => {
                 let t = Tokenizer::from_file(&p)?;

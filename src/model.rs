@@ -138,6 +138,13 @@ impl Gpt2 {
         crate::cpu_kernels::weight_format(self.head())
     }
 
+    /// Whether a head-shaped weight (the token embedding, the head) is held as
+    /// [`crate::cpu_kernels::encode_rows`] left it (the f32 strips, bf16 or int8) rather than
+    /// as plain `[vocab, n_embd]` rows in the model's dtype.
+    fn is_encoded(&self, t: &Tensor) -> bool {
+        t.rank() != 2 || t.dtype() != self.wpe.dtype()
+    }
+
     /// Checks token ids against the vocabulary and the position table before they reach an
     /// embedding lookup (an out-of-range id would otherwise be a backend error or worse).
     pub fn check_ids(&self, ids: &[u32], pos_offset: usize) -> Result<()> {
@@ -180,12 +187,12 @@ impl Gpt2 {
         }
         let e = self.cfg.n_embd;
         let mut x = profile::time(Op::Embed, || -> Result<Tensor> {
-            let tok = if self.wte.dtype() == self.wpe.dtype() {
+            let tok = if !self.is_encoded(&self.wte) {
                 self.wte.index_select(&ids.flatten_all()?, 0)?
             } else {
-                // bf16 / int8 embedding ([`Gpt2::pack_for_cpu_as`]): decode the looked-up rows.
+                // Strips or bf16 / int8 ([`Gpt2::pack_for_cpu_as`]): decode the looked-up rows.
                 let ids = ids.flatten_all()?.to_vec1::<u32>()?;
-                crate::cpu_kernels::embed_rows(&self.wte, &ids, e)?
+                crate::cpu_kernels::embed_rows(&self.wte, &ids, e, self.cfg.vocab_size)?
             }
             .reshape((b, t, e))?;
             let pos = self.wpe.narrow(0, pos_offset, t)?;
@@ -323,13 +330,14 @@ impl Gpt2 {
     }
 
     fn head_logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        if self.head().dtype() != self.wpe.dtype() {
-            // Encoded in bf16 / int8 ([`Gpt2::pack_for_cpu_as`]): the decoding head kernels when
-            // they run, else the decoded rows through the plain path.
+        if self.is_encoded(self.head()) {
+            // Strips or bf16 / int8 ([`Gpt2::pack_for_cpu_as`]): the strip / decoding head
+            // kernels when they run, else the decoded rows through the plain path.
+            let n = self.cfg.vocab_size;
             if self.fast_cpu() && crate::cpu_gemm::available() {
-                return crate::cpu_kernels::encoded_head_matmul(hidden, self.head());
+                return crate::cpu_kernels::encoded_head_matmul(hidden, self.head(), n);
             }
-            let head = crate::cpu_kernels::decode_rows(self.head(), self.cfg.n_embd)?;
+            let head = crate::cpu_kernels::decode_rows(self.head(), self.cfg.n_embd, n)?;
             return Ok(hidden.matmul(&head.t()?)?);
         }
         if self.fast_cpu() {
@@ -424,7 +432,7 @@ impl Gpt2 {
         let mut out = vec![
             (
                 "wte.weight".to_string(),
-                crate::cpu_kernels::decode_rows(&self.wte, e)?,
+                crate::cpu_kernels::decode_rows(&self.wte, e, self.cfg.vocab_size)?,
             ),
             ("wpe.weight".to_string(), self.wpe.clone()),
         ];
@@ -459,7 +467,7 @@ impl Gpt2 {
         if let Some(h) = &self.lm_head {
             out.push((
                 "lm_head.weight".into(),
-                crate::cpu_kernels::decode_rows(h, e)?,
+                crate::cpu_kernels::decode_rows(h, e, self.cfg.vocab_size)?,
             ));
         }
         Ok(out)
@@ -536,8 +544,11 @@ impl Gpt2 {
             .into_iter()
             .flatten()
         {
-            if let Some(h) = crate::cpu_kernels::encode_rows(t, format)? {
-                *t = h;
+            // Rank 2: not encoded yet (packing twice leaves the first encoding).
+            if t.rank() == 2 {
+                if let Some(h) = crate::cpu_kernels::encode_rows(t, format)? {
+                    *t = h;
+                }
             }
         }
         Ok(self.is_packed())
@@ -558,9 +569,9 @@ impl Gpt2 {
             }
         }
         let e = m.cfg.n_embd;
-        m.wte = crate::cpu_kernels::decode_rows(&m.wte, e)?;
+        m.wte = crate::cpu_kernels::decode_rows(&m.wte, e, m.cfg.vocab_size)?;
         if let Some(h) = &mut m.lm_head {
-            *h = crate::cpu_kernels::decode_rows(h, e)?;
+            *h = crate::cpu_kernels::decode_rows(h, e, m.cfg.vocab_size)?;
         }
         Ok(m)
     }

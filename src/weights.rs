@@ -167,12 +167,39 @@ pub fn load(path: &Path, opts: LoadOptions) -> Result<(Gpt2, CheckpointInfo)> {
     load_file(&files.weights, &hf, files.config.is_some(), opts)
 }
 
+/// [`load`] for f32 inference on this CPU ([`crate::Model::load`]): where the kernels run
+/// ([`crate::cpu_gemm::available`]) and the weights stay f32, the token embedding / head comes
+/// out already in the strip layout [`Gpt2::pack_for_cpu`] gives it, converted in place as it is
+/// read, so that the largest tensor is never held twice (peak memory).
+pub(crate) fn load_for_cpu(path: &Path, opts: LoadOptions) -> Result<(Gpt2, CheckpointInfo)> {
+    let files = ModelFiles::locate(path)?;
+    let hf = match &files.config {
+        Some(p) => HfConfig::parse(&std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?)?,
+        None => HfConfig::default(),
+    };
+    let strips = opts.cpu_weights == crate::cpu_quant::WeightFormat::F32
+        && opts.dtype.is_none_or(|d| d == DType::F32)
+        && crate::cpu_gemm::available();
+    load_file_as(&files.weights, &hf, files.config.is_some(), opts, strips)
+}
+
 /// Loads weights from one safetensors file with an already parsed config.
 pub fn load_file(
     weights: &Path,
     hf: &HfConfig,
     config_from_file: bool,
+    opts: LoadOptions,
+) -> Result<(Gpt2, CheckpointInfo)> {
+    load_file_as(weights, hf, config_from_file, opts, false)
+}
+
+/// [`load_file`]; `head_strips`: the embedding / head as [`crate::cpu_quant::Rows::F32Strips`].
+fn load_file_as(
+    weights: &Path,
+    hf: &HfConfig,
+    config_from_file: bool,
     mut opts: LoadOptions,
+    head_strips: bool,
 ) -> Result<(Gpt2, CheckpointInfo)> {
     let dtype = opts.dtype.unwrap_or(DType::F32);
     let device = Device::Cpu;
@@ -235,7 +262,14 @@ pub fn load_file(
                 return Err(Error::NonFinite { name: fname, index });
             }
         }
-        let t = Tensor::from_vec(data, view.shape(), &device)?.to_dtype(dtype)?;
+        let t = match view.shape() {
+            &[n, k] if head_strips && matches!(canon, "wte.weight" | "lm_head.weight") => {
+                let strip = crate::cpu_gemm::STRIP;
+                let data = crate::cpu_quant::rows_into_f32_strips(data, k, n);
+                Tensor::from_vec(data, (n.div_ceil(strip), k, strip), &device)?
+            }
+            shape => Tensor::from_vec(data, shape, &device)?.to_dtype(dtype)?,
+        };
         // Drop the pages we just converted from our resident set (they are file-backed and
         // read-only, so the kernel can always read them again).
         let off = view.data().as_ptr() as usize - base;

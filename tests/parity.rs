@@ -56,6 +56,29 @@ fn check_model(name: &str, expect_layout: &str, untied: bool) {
     let c = m.gpt.forward_logits(&ids, &AttnMask::Causal).unwrap();
     let e = rel_err(&c.to_vec2().unwrap(), &want_c);
     assert!(e <= TOL, "{name} causal rel err {e}");
+    // The head comes out of the loader already in the kernels' strips (converted in place as
+    // it is read), laid out as `pack_for_cpu` lays out a plain model's: bitwise the same logits.
+    let own = diffugpt::cpu_gemm::available();
+    assert_eq!(m.gpt.head().rank() == 3, own, "{name}: head layout");
+    let (mut plain, _) = diffugpt::weights::load(&fixture(name), LoadOptions::default()).unwrap();
+    assert_eq!(
+        plain.head().rank(),
+        2,
+        "{name}: weights::load keeps the rows"
+    );
+    plain.pack_for_cpu().unwrap();
+    assert_eq!(
+        plain.head().rank() == 3,
+        own,
+        "{name}: pack_for_cpu's head layout"
+    );
+    let p = plain
+        .forward_logits(&ids, &AttnMask::Bidirectional)
+        .unwrap();
+    assert!(
+        p.to_vec2::<f32>().unwrap() == d.to_vec2::<f32>().unwrap(),
+        "{name}: loaded strips and packed rows differ"
+    );
 
     // The KV cache, fed in uneven chunks, reproduces the causal rows.
     let mut cache = KvCache::new(m.gpt.cfg.n_layer);
@@ -152,8 +175,9 @@ fn fused_cpu_path_matches_reference_ops() {
     let mut reference = fast.clone();
     reference.reference_ops = true;
     // Projections packed for the CPU kernels (what `Model::load` gives): the same products in
-    // the same order as the in-place kernels, so bitwise equal to them from cpu_gemm::MIN_ROWS
-    // (4) rows on; fewer rows run candle's GEMV unpacked and only agree within the tolerance.
+    // the same order as the in-place kernels, so hidden states bitwise equal to them from
+    // cpu_gemm::MIN_ROWS (4) rows on; fewer rows run candle's GEMV unpacked and only agree
+    // within the tolerance. The head, in strips, runs the projections' kernels.
     let mut packed = fast.clone();
     let own = diffugpt::cpu_gemm::available();
     assert_eq!(packed.pack_for_cpu().unwrap(), own);
@@ -186,9 +210,17 @@ fn fused_cpu_path_matches_reference_ops() {
             let e = rel_err(&p, &b);
             assert!(e <= 1e-5, "packed t={t} {mask:?}: {e}");
             if t >= 4 {
+                // The blocks run the same products in the same order; the head differs in
+                // kernel (strips instead of the rows' dot tiles), so it is held to the
+                // tolerance above.
+                let ids = Tensor::from_slice(&tokens, (1, t), &Device::Cpu).unwrap();
+                let hidden = |m: &diffugpt::Gpt2| -> Vec<f32> {
+                    let h = m.hidden(&ids, &mask, None).unwrap();
+                    h.flatten_all().unwrap().to_vec1().unwrap()
+                };
                 assert!(
-                    p == a,
-                    "packed t={t} {mask:?}: not bitwise equal to the in-place path"
+                    hidden(&packed) == hidden(&fast),
+                    "packed t={t} {mask:?}: hidden states not bitwise equal to the in-place path"
                 );
             }
             let pr = packed_reference
