@@ -147,15 +147,6 @@ const NC: usize = 4 * NR;
 /// Depth of a packed weight block: `KC x NC` floats (128 KiB) stay in L2 next to the panel's
 /// partial sums.
 const KC_PACK: usize = 256;
-pub(crate) fn kc_pack_dbg() -> usize {
-    static K: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *K.get_or_init(|| {
-        std::env::var("DBG_KC")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(KC_PACK)
-    })
-}
 
 /// Runs a generic driver of [`drivers`] with the register kernels of `isa`. Off x86-64 only
 /// `Generic` exists, which never reaches a driver (the entry points check [`runnable`]).
@@ -1234,7 +1225,7 @@ mod drivers {
         debug_assert!(cols <= NC);
         let mut kb = 0;
         while kb < k {
-            let kc = super::kc_pack_dbg().min(k - kb);
+            let kc = KC_PACK.min(k - kb);
             // Where strip `s0` (columns c0+s0..) of this depth block starts, and the distance
             // between its rows: in the pre-packed weights themselves, or in `buf` after the copy.
             let (wbase, ldw, strip_step) = match src {
