@@ -24,7 +24,10 @@
 //!   c * 4 + r % 4`) — each stored plus 128 (XOR `0x80`: unsigned, the operand `vpdpbusd`
 //!   takes unsigned): `[ceil(N/32), ceil(K/32), Q8_STRIP_BLOCK]` bytes. Scale = max |w| / 127
 //!   over the block's column, values rounded to nearest;
-//! * head (`[N, K]` rows, the tied embedding), bf16: `[N, K]` — or, where the `vdpbf16ps`
+//! * head (`[N, K]` rows, the tied embedding), f32: the strips of the `[K, N]` weight it
+//!   multiplies as, [`crate::cpu_gemm::pack_nn`]'s layout `[ceil(N/32), K, 32]` with the last
+//!   strip zero-padded ([`Rows::F32Strips`]; the loader converts in place, strip by strip), so
+//!   that the head runs on the projections' kernels; bf16: `[N, K]` — or, where the `vdpbf16ps`
 //!   kernels run, the strips of the `[K, N]` weight in the projections' pair order, the last
 //!   strip compact ([`Rows::Bf16Strips`], same size); int8: per row, per block of 32
 //!   along `K`, one f32 scale then 32 int8 values (llama.cpp's Q8_0 with an f32 scale):
