@@ -447,7 +447,10 @@ pub fn rows_into_f32_strips(mut w: Vec<f32>, k: usize, n: usize) -> Vec<f32> {
     for (s, strip) in w.chunks_exact_mut(NR * k).enumerate() {
         let lc = NR.min(n - s * NR);
         scratch[..lc * k].copy_from_slice(&strip[..lc * k]);
-        strip.fill(0.0);
+        if lc < NR {
+            // Only the last strip has columns that no row fills: its padding.
+            strip.fill(0.0);
+        }
         // Column by column: each reads one row of the scratch and writes every 32nd value.
         for (c, row) in scratch[..lc * k].chunks_exact(k).enumerate() {
             for (r, &v) in row.iter().enumerate() {

@@ -159,12 +159,7 @@ pub struct CheckpointInfo {
 
 /// Loads a model from `path` (file or directory).
 pub fn load(path: &Path, opts: LoadOptions) -> Result<(Gpt2, CheckpointInfo)> {
-    let files = ModelFiles::locate(path)?;
-    let hf = match &files.config {
-        Some(p) => HfConfig::parse(&std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?)?,
-        None => HfConfig::default(),
-    };
-    load_file(&files.weights, &hf, files.config.is_some(), opts)
+    load_as(path, opts, false)
 }
 
 /// [`load`] for f32 inference on this CPU ([`crate::Model::load`]): where the kernels run
@@ -172,15 +167,26 @@ pub fn load(path: &Path, opts: LoadOptions) -> Result<(Gpt2, CheckpointInfo)> {
 /// out already in the strip layout [`Gpt2::pack_for_cpu`] gives it, converted in place as it is
 /// read, so that the largest tensor is never held twice (peak memory).
 pub(crate) fn load_for_cpu(path: &Path, opts: LoadOptions) -> Result<(Gpt2, CheckpointInfo)> {
+    let strips = opts.cpu_weights == crate::cpu_quant::WeightFormat::F32
+        && opts.dtype.is_none_or(|d| d == DType::F32)
+        && crate::cpu_gemm::available();
+    load_as(path, opts, strips)
+}
+
+/// [`load`]; `head_strips` as in [`load_file_as`].
+fn load_as(path: &Path, opts: LoadOptions, head_strips: bool) -> Result<(Gpt2, CheckpointInfo)> {
     let files = ModelFiles::locate(path)?;
     let hf = match &files.config {
         Some(p) => HfConfig::parse(&std::fs::read_to_string(p).map_err(|e| Error::io(p, e))?)?,
         None => HfConfig::default(),
     };
-    let strips = opts.cpu_weights == crate::cpu_quant::WeightFormat::F32
-        && opts.dtype.is_none_or(|d| d == DType::F32)
-        && crate::cpu_gemm::available();
-    load_file_as(&files.weights, &hf, files.config.is_some(), opts, strips)
+    load_file_as(
+        &files.weights,
+        &hf,
+        files.config.is_some(),
+        opts,
+        head_strips,
+    )
 }
 
 /// Loads weights from one safetensors file with an already parsed config.
